@@ -1,0 +1,90 @@
+"""``web-node plan``: the effective layout an operator is about to run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cgroups
+from web_node.config import Config
+from web_node.members import Registry
+from web_node.units import format_duration, format_size
+
+
+def build_plan(config: Config, registry: Registry, selection: list[str]) -> dict[str, Any]:
+    layout = cgroups.detect_layout()
+    tree = cgroups.CgroupTree(layout, config.node.cgroup_root)
+    groups = []
+    for g in config.layout(selection):
+        leaf = tree.leaf(g.name)
+        groups.append({
+            "name": g.name,
+            "members": list(g.members),
+            "limits": {
+                "memory_max_bytes": g.memory_max_bytes, "memory_high_bytes": g.memory_high_bytes,
+                "memory_low_bytes": g.memory_low_bytes, "swap_max_bytes": g.swap_max_bytes,
+                "cpu_max_cores": g.cpu_max_cores, "cpu_weight": g.cpu_weight, "pids_max": g.pids_max,
+            },
+            "limits_text": g.limits_text(),
+            "restart": {"policy": g.restart, "limit": g.restart_limit, "window_s": g.restart_window_s},
+            "cgroup": leaf.path() if layout.kind != "none" else None,
+            "cgroup_paths": leaf.paths() if layout.kind != "none" else {},
+            "listen": {m: config.members[m].listen for m in g.members if registry.get(m).kind == "http"},
+        })
+    chosen = set(selection)
+    return {
+        "sources": list(config.sources),
+        "node": {
+            "data_dir": config.node.data_dir, "database": _redact(config.node.database),
+            "cgroup_root": config.node.cgroup_root, "metrics_listen": config.node.metrics_listen,
+            "shutdown_grace_s": config.node.shutdown_grace_s,
+        },
+        "cgroups": {"layout": layout.kind, "writable": layout.writable, "problems": list(layout.problems)},
+        "groups": groups,
+        "disabled_members": [m for m, s in config.members.items() if not s.enabled and m in chosen],
+        "disabled_endpoints": {m: eps for m, eps in config.disabled_endpoints().items() if m in chosen},
+    }
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    lines = []
+    src = ", ".join(plan["sources"]) or "built-in defaults"
+    lines.append(f"configuration: {src}")
+    node = plan["node"]
+    lines.append(f"data dir: {node['data_dir']}    database: {node['database']}")
+    lines.append(f"metrics: {node['metrics_listen'] or 'off'}    shutdown grace: {format_duration(node['shutdown_grace_s'])}")
+    cg = plan["cgroups"]
+    lines.append(f"cgroups: {cg['layout']}, {'writable' if cg['writable'] else 'NOT writable'}")
+    for problem in cg["problems"]:
+        lines.append(f"  ! {problem}")
+    lines.append("")
+    lines.append(f"{len(plan['groups'])} group(s), each one process in its own cgroup:")
+    for g in plan["groups"]:
+        r = g["restart"]
+        lines.append(f"  group {g['name']}: {', '.join(g['members'])}")
+        lines.append(f"    limits: {g['limits_text']}")
+        lines.append(f"    restart: {r['policy']}, at most {r['limit']} restarts in {format_duration(r['window_s'])}")
+        if g["listen"]:
+            lines.append("    listen: " + ", ".join(f"{m} {a}" for m, a in g["listen"].items()))
+        lines.append(f"    cgroup: {g['cgroup'] or '(none: cgroups unavailable)'}")
+        extra = [p for k, p in g["cgroup_paths"].items() if p != g["cgroup"]]
+        if extra:
+            lines.append(f"            {', '.join(extra)}")
+    lines.append("")
+    dm = plan["disabled_members"]
+    lines.append(f"disabled members: {', '.join(dm) if dm else 'none'}")
+    de = plan["disabled_endpoints"]
+    lines.append("disabled endpoints: " + ("; ".join(f"{m}: {', '.join(e)}" for m, e in de.items()) if de else "none"))
+    return "\n".join(lines)
+
+
+__all__ = ["build_plan", "format_plan", "format_size"]

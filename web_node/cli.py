@@ -80,6 +80,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     p.add_argument("--raw-config", required=True, help=argparse.SUPPRESS)
     p.add_argument("--node-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--listen-fd", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--metrics-socket", help=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_group)
     return parser
 
@@ -143,7 +144,8 @@ def _cmd_group(args: argparse.Namespace, registry: Registry) -> int:
     for item in args.listen_fd:
         member, _, fd = item.partition("=")
         listen_fds[member] = int(fd)
-    options = RunnerOptions(restart_in_process=False, listen_fds=listen_fds, node_fd=args.node_fd, group_name=args.name)
+    options = RunnerOptions(restart_in_process=False, listen_fds=listen_fds, node_fd=args.node_fd,
+                            group_name=args.name, metrics_socket=args.metrics_socket)
     try:
         trio.run(run_members, config, registry, [group], options)
     except RunnerFailed as e:

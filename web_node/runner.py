@@ -59,6 +59,7 @@ class RunnerOptions:
     restart_in_process: bool = True
     listen_fds: Mapping[str, int] = field(default_factory=dict)
     node_fd: int | None = None  # socket to the node: "ready" goes out, EOF means the node died
+    metrics_socket: str | None = None  # group child: serve this process's metrics here for the node
     group_name: str | None = None  # the group this child is (None in --in-process mode)
 
 
@@ -82,6 +83,7 @@ async def run_members(
     os.makedirs(config.node.data_dir, exist_ok=True)
     store = AsyncStore(await trio.to_thread.run_sync(open_store, config.node.database, config.node.data_dir))
     metrics = ProcessMetrics()
+    metrics.install_instrument()
     failure: list[str] = []
     try:
         async with trio.open_nursery() as nursery:
@@ -101,6 +103,10 @@ async def run_members(
                     await nursery.start(partial(_supervise_member, run, group, options, stopping, failure, nursery.cancel_scope))
             aux = trio.CancelScope()  # helpers that end as soon as a stop begins
             nursery.start_soon(_in_scope, aux, partial(_heartbeat_components, runs, store))
+            if options.metrics_socket:
+                await nursery.start(_in_scope, aux, partial(metrics.serve_socket, options.metrics_socket))
+            elif options.group_name is None and config.node.metrics_listen:
+                await nursery.start(_in_scope, aux, partial(metrics.serve_page, config.node.metrics_listen))
             if options.node_fd is not None:
                 # Said "ready" to the node through this socket only once every member started.
                 await nursery.start(_in_scope, aux, partial(_lifeline, options.node_fd, log))
@@ -118,6 +124,7 @@ async def run_members(
                 if run.member.kind != "http":
                     run.ctx.state.get("cancel_scope", trio.CancelScope()).cancel()
     finally:
+        metrics.uninstall_instrument()
         with trio.CancelScope(shield=True):
             await store.aclose()
     if failure:
@@ -168,6 +175,7 @@ async def _supervise_member(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     member, log = run.member, run.ctx.log
+    run.ctx.metrics.enter_member(member.name)
     tracker = RestartTracker(group.restart_limit, group.restart_window_s)
     first = True
     while True:
@@ -219,7 +227,7 @@ async def _start_member(run: _MemberRun, task_status: trio.TaskStatus[None]) -> 
 async def _serve_http(run: _MemberRun, task_status: trio.TaskStatus[None]) -> None:
     ctx = run.ctx
     assert run.member.make_app is not None
-    app = await run.member.make_app(ctx)
+    app = ctx.metrics.wrap_app(await run.member.make_app(ctx), run.member)
     cfg = hypercorn.config.Config()
     if ctx.listen_fd is not None:
         cfg.bind = [f"fd://{ctx.listen_fd}"]
@@ -256,10 +264,10 @@ async def _run_periodic(run: _MemberRun, task_status: trio.TaskStatus[None]) -> 
             except (trio.Cancelled, KeyboardInterrupt):
                 raise
             except Exception as e:  # one failed run is counted and logged; the next run may succeed
-                ctx.metrics.record_run(member.name, "error", time.time())
+                ctx.metrics.record_run(member.name, "error", time.time(), time.monotonic() - began)
                 ctx.log.error("run failed after %.2f s: %s: %s", time.monotonic() - began, type(e).__name__, e, exc_info=e)
             else:
-                ctx.metrics.record_run(member.name, "ok", time.time())
+                ctx.metrics.record_run(member.name, "ok", time.time(), time.monotonic() - began)
                 ctx.state["last_run_at"] = time.time()
         await trio.sleep(interval)
 

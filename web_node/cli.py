@@ -71,6 +71,17 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
                    help="plan for this run command (web, a role or a member; default web)")
     p.set_defaults(handler=_cmd_plan)
 
+    p = sub.add_parser("status", help="state of a running node: groups, pids, state, restarts, memory, CPU")
+    _locate_flags(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_status)
+
+    p = sub.add_parser("top", help="live per-group view: CPU %%, memory, peak, limit, pressure, restarts")
+    _locate_flags(p)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: until Ctrl-C)")
+    p.set_defaults(handler=_cmd_top)
+
     for extra in _EXTRA_COMMANDS:
         extra(sub, registry)
 
@@ -126,7 +137,7 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
         return 0
     from web_node.supervisor import run_node
 
-    return run_node(config, registry, groups)
+    return run_node(config, registry, args.selection, lambda: config_from_args(args, registry))
 
 
 def _cmd_group(args: argparse.Namespace, registry: Registry) -> int:
@@ -155,12 +166,10 @@ def _cmd_group(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def _set_process_title(title: str) -> None:
-    """Name this process for ps/top (comm, 15 bytes) so operators see the group."""
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(title[:15])
-    except OSError:
-        pass
+    """Name this process in ps, top, htop and systemd-cgtop so operators see which group is which."""
+    import setproctitle
+
+    setproctitle.setproctitle(title)
 
 
 def _cmd_members(args: argparse.Namespace, registry: Registry) -> int:
@@ -195,6 +204,31 @@ def _cmd_plan(args: argparse.Namespace, registry: Registry) -> int:
     else:
         print(format_plan(plan))
     return 0
+
+
+def _locate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="the running node's config file (to find its data_dir)")
+    p.add_argument("--data-dir", metavar="DIR", help="the running node's data_dir")
+
+
+def _control_socket(args: argparse.Namespace, registry: Registry) -> str:
+    overrides = Overrides(data_dir=args.data_dir)
+    return load_config(registry, args.config, overrides=overrides).node.control_socket
+
+
+def _cmd_status(args: argparse.Namespace, registry: Registry) -> int:
+    from web_node.status import format_status
+    from web_node.supervisor import request_status
+
+    status = request_status(_control_socket(args, registry))
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _cmd_top(args: argparse.Namespace, registry: Registry) -> int:
+    from web_node.status import run_top
+
+    return run_top(_control_socket(args, registry), args.interval, args.iterations)
 
 
 def format_table(rows: list[list[str]]) -> str:

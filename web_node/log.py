@@ -14,7 +14,7 @@ from typing import Any
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        who = getattr(record, "member", None) or getattr(record, "who", "node")
+        who = _who(record)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
         line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{who}] {record.getMessage()}"
         if record.exc_info:
@@ -27,7 +27,7 @@ class _JsonFormatter(logging.Formatter):
         doc: dict[str, Any] = {
             "time": record.created,
             "level": record.levelname.lower(),
-            "member": getattr(record, "member", None) or getattr(record, "who", "node"),
+            "member": _who(record),
             "message": record.getMessage(),
         }
         for key in ("group", "pid"):
@@ -36,6 +36,15 @@ class _JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc)
+
+
+def _who(record: logging.LogRecord) -> str:
+    who = getattr(record, "member", None) or getattr(record, "who", None)
+    if who:
+        return str(who)
+    if record.name.startswith("hypercorn."):
+        return record.name.split(".", 1)[1]  # the member whose server logged it
+    return "node"
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:

@@ -123,10 +123,11 @@ async def run_members(
             for run in runs:
                 if run.member.kind != "http":
                     run.ctx.state.get("cancel_scope", trio.CancelScope()).cancel()
+        log.info("stopped: every member ended")
     finally:
         metrics.uninstall_instrument()
         with trio.CancelScope(shield=True):
-            await store.aclose()
+            await store.close()
     if failure:
         raise RunnerFailed(failure[0])
 
@@ -235,15 +236,25 @@ async def _serve_http(run: _MemberRun, task_status: trio.TaskStatus[None]) -> No
         cfg.bind = [ctx.settings.listen or ""]
     cfg.graceful_timeout = ctx.config.node.shutdown_grace_s
     cfg.accesslog = None
-    cfg.errorlog = logging.getLogger(f"hypercorn.{run.member.name}")  # type: ignore[assignment]
+    # hypercorn's own "Running on" line repeats ours; keep only its warnings and errors.
+    server_log = logging.getLogger(f"hypercorn.{run.member.name}")
+    server_log.setLevel(logging.WARNING)
+    cfg.errorlog = server_log  # type: ignore[assignment]
     try:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(hypercorn.trio.serve, app, cfg, shutdown_trigger=run.stop.wait))
             ctx.log.info("serving on %s", ", ".join(binds) if binds else cfg.bind[0])
             task_status.started()
-    except OSError as e:
-        raise MemberError(f"member {run.member.name} cannot listen on {cfg.bind[0]}: {e.strerror or e}; "
-                          f"set [members.{run.member.name}] listen to a free HOST:PORT", member=run.member.name) from e
+    except* OSError as group:
+        e = _first_leaf(group)
+        raise MemberError(f"member {run.member.name} cannot listen on {cfg.bind[0]}: {getattr(e, 'strerror', None) or e}; "
+                          f"set [members.{run.member.name}] listen to a free HOST:PORT", member=run.member.name) from None
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _run_periodic(run: _MemberRun, task_status: trio.TaskStatus[None]) -> None:

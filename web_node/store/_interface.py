@@ -163,7 +163,8 @@ class Store(Protocol):
     def get_build(self, build_id: int) -> Build: ...
     def list_builds(self, limit: int = 100, pipeline: str | None = None, job: str | None = None) -> list[Build]: ...
     def claim_pending_build(self, worker: str, now: float) -> Build | None: ...  # atomically: oldest pending -> started by worker
-    def finish_build(self, build_id: int, status: BuildStatus, now: float) -> Build: ...  # no-op returning the build if already finished
+    # finish_build: a no-op returning the build if it had already finished
+    def finish_build(self, build_id: int, status: BuildStatus, now: float) -> Build: ...
     def list_running_builds(self) -> list[Build]: ...  # status started
     def delete_builds_finished_before(self, cutoff: float) -> int: ...  # with their events; returns count
 

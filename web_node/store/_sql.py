@@ -9,6 +9,7 @@ PostgreSQL both accept, so the two backends cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from abc import ABC, abstractmethod
@@ -55,8 +56,8 @@ class Tx(Protocol):
 
 
 _PIPELINE_COLUMNS = "name, config, created_at, updated_at"
-_JOB_COLUMNS = "pipeline, name, steps, trigger_every_s, timeout_s, last_triggered_at"
-_BUILD_COLUMNS = (
+JOB_COLUMNS = "pipeline, name, steps, trigger_every_s, timeout_s, last_triggered_at"
+BUILD_COLUMNS = (
     "id, pipeline, job, status, created_at, start_time, end_time, worker, triggered_by, timeout_s, steps"
 )
 _EVENT_COLUMNS = "build_id, seq, type, payload, created_at"
@@ -67,6 +68,11 @@ _COMPONENT_COLUMNS = (
 _UNFINISHED = "('pending', 'started')"
 
 
+def prefixed(alias: str, columns: str) -> str:
+    """``"a, b"`` -> ``"t.a, t.b"``."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -75,6 +81,9 @@ def _steps_to_json(steps: Iterable[StepConfig]) -> str:
     return json.dumps([{"run": step.run} for step in steps])
 
 
+# Builds of one job share the same steps text: parse each text once. The
+# result is an immutable tuple of frozen records, so sharing it is safe.
+@functools.lru_cache(maxsize=1024)
 def _steps_from_json(text: str) -> tuple[StepConfig, ...]:
     return tuple(StepConfig(**step) for step in json.loads(text))
 
@@ -155,12 +164,29 @@ class SqlStore(ABC):
     #: already excludes every other writer.
     _claim_lock: ClassVar[str] = ""
 
+    #: Every job with its latest build (the build columns first). Whatever the
+    #: dialect, the plan must find each job's latest build with one seek in
+    #: builds_by_job and fetch it by primary key, so that the cost grows with
+    #: the number of jobs and not of builds. SQLite plans this form that way
+    #: (MAX over an index prefix, then a rowid lookup); PostgreSQL overrides it.
+    _list_all_jobs_sql: ClassVar[str] = (
+        f"SELECT {prefixed('b', BUILD_COLUMNS)}, {prefixed('j', JOB_COLUMNS)} FROM jobs j "
+        "LEFT JOIN builds b ON b.id = ("
+        "  SELECT MAX(l.id) FROM builds l WHERE l.pipeline = j.pipeline AND l.job = j.name"
+        ") ORDER BY j.pipeline, j.position"
+    )
+
     @abstractmethod
     def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         """Run ``fn`` in one transaction and commit it; raise StoreError on database failure."""
 
     def _lock_schema(self, tx: Tx) -> None:
-        """Serialize concurrent migrate() calls where the transaction alone does not."""
+        """Serialize concurrent migrate() calls where the transaction alone does not.
+
+        Nothing to do by default: SQLite's BEGIN IMMEDIATE already excludes
+        every other writer. PostgreSQL takes an advisory lock.
+        """
+        return None
 
     @abstractmethod
     def close(self) -> None: ...
@@ -287,7 +313,7 @@ class SqlStore(ABC):
 
     def list_jobs(self, pipeline: str) -> list[Job]:
         def read(tx: Tx) -> list[Job]:
-            rows = tx.rows(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? ORDER BY position", (pipeline,))
+            rows = tx.rows(f"SELECT {JOB_COLUMNS} FROM jobs WHERE pipeline = ? ORDER BY position", (pipeline,))
             if not rows:
                 self._require_pipeline(tx, pipeline)
             return [_job(r) for r in rows]
@@ -296,7 +322,7 @@ class SqlStore(ABC):
 
     def get_job(self, pipeline: str, job: str) -> Job:
         def read(tx: Tx) -> Job:
-            rows = tx.rows(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND name = ?", (pipeline, job))
+            rows = tx.rows(f"SELECT {JOB_COLUMNS} FROM jobs WHERE pipeline = ? AND name = ?", (pipeline, job))
             if not rows:
                 raise self._job_not_found(tx, pipeline, job)
             return _job(rows[0])
@@ -305,25 +331,12 @@ class SqlStore(ABC):
 
     def list_all_jobs(self) -> list[JobSummary]:
         """Every job, ordered by pipeline name then position, each with its latest build."""
-        # The inner SELECT finds each job's latest build id with one seek in
-        # builds_by_job (MAX over an index prefix); the outer join then fetches
-        # that one build by primary key. Cost grows with jobs, not builds.
-        job_columns = ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
-        build_columns = ", ".join(f"b.{c.strip()}" for c in _BUILD_COLUMNS.split(","))
-        sql = (
-            f"SELECT {build_columns}, s.* FROM ("
-            f"  SELECT {job_columns}, j.position, "
-            "   (SELECT MAX(l.id) FROM builds l WHERE l.pipeline = j.pipeline AND l.job = j.name) AS latest_id "
-            "  FROM jobs j"
-            ") s LEFT JOIN builds b ON b.id = s.latest_id "
-            "ORDER BY s.pipeline, s.position"
-        )
-        n_build = len(_BUILD_COLUMNS.split(","))
+        n_build = len(BUILD_COLUMNS.split(","))
 
         def read(tx: Tx) -> list[JobSummary]:
             return [
                 JobSummary(job=_job(r[n_build:]), latest_build=None if r[0] is None else _build(r[:n_build]))
-                for r in tx.rows(sql)
+                for r in tx.rows(self._list_all_jobs_sql)
             ]
 
         return self._run(read, write=False)
@@ -333,7 +346,7 @@ class SqlStore(ABC):
 
         def read(tx: Tx) -> list[Job]:
             rows = tx.rows(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE trigger_every_s IS NOT NULL "
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE trigger_every_s IS NOT NULL "
                 "AND (last_triggered_at IS NULL OR last_triggered_at + trigger_every_s <= ?) "
                 "ORDER BY pipeline, position",
                 (now,),
@@ -362,7 +375,7 @@ class SqlStore(ABC):
                 "INSERT INTO builds (pipeline, job, status, created_at, triggered_by, timeout_s, steps) "
                 "SELECT pipeline, name, 'pending', CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT), timeout_s, steps "
                 "FROM jobs WHERE pipeline = ? AND name = ? "
-                f"RETURNING {_BUILD_COLUMNS}",
+                f"RETURNING {BUILD_COLUMNS}",
                 (now, trigger, pipeline, job),
             )
             if not rows:
@@ -373,7 +386,7 @@ class SqlStore(ABC):
 
     def get_build(self, build_id: int) -> Build:
         def read(tx: Tx) -> Build:
-            rows = tx.rows(f"SELECT {_BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
+            rows = tx.rows(f"SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
             if not rows:
                 raise NotFound("build", build_id)
             return _build(rows[0])
@@ -390,7 +403,7 @@ class SqlStore(ABC):
         if job is not None:
             where.append("job = ?")
             params.append(job)
-        sql = f"SELECT {_BUILD_COLUMNS} FROM builds"
+        sql = f"SELECT {BUILD_COLUMNS} FROM builds"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
@@ -410,7 +423,7 @@ class SqlStore(ABC):
             "UPDATE builds SET status = 'started', worker = ?, start_time = ? "
             "WHERE status = 'pending' AND id = ("
             f"  SELECT id FROM builds WHERE status = 'pending' ORDER BY id LIMIT 1{self._claim_lock}"
-            f") RETURNING {_BUILD_COLUMNS}"
+            f") RETURNING {BUILD_COLUMNS}"
         )
 
         def write(tx: Tx) -> Build | None:
@@ -429,11 +442,11 @@ class SqlStore(ABC):
         def write(tx: Tx) -> Build:
             rows = tx.rows(
                 f"UPDATE builds SET status = ?, end_time = ? WHERE id = ? AND status IN {_UNFINISHED} "
-                f"RETURNING {_BUILD_COLUMNS}",
+                f"RETURNING {BUILD_COLUMNS}",
                 (status, now, build_id),
             )
             if not rows:
-                rows = tx.rows(f"SELECT {_BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
+                rows = tx.rows(f"SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
                 if not rows:
                     raise NotFound("build", build_id)
             return _build(rows[0])
@@ -443,17 +456,7 @@ class SqlStore(ABC):
     def list_running_builds(self) -> list[Build]:
         def read(tx: Tx) -> list[Build]:
             return [
-                _build(r) for r in tx.rows(f"SELECT {_BUILD_COLUMNS} FROM builds WHERE status = 'started' ORDER BY id")
-            ]
-
-        return self._run(read, write=False)
-
-    def list_pending_builds(self) -> list[Build]:
-        """Builds waiting for a worker, oldest first (an addition to the Store protocol)."""
-
-        def read(tx: Tx) -> list[Build]:
-            return [
-                _build(r) for r in tx.rows(f"SELECT {_BUILD_COLUMNS} FROM builds WHERE status = 'pending' ORDER BY id")
+                _build(r) for r in tx.rows(f"SELECT {BUILD_COLUMNS} FROM builds WHERE status = 'started' ORDER BY id")
             ]
 
         return self._run(read, write=False)

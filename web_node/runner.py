@@ -101,7 +101,7 @@ async def run_members(
                     run = _MemberRun(member, ctx)
                     runs.append(run)
                     await nursery.start(partial(_supervise_member, run, group, options, stopping, failure, nursery.cancel_scope))
-            aux = trio.CancelScope()  # helpers that end as soon as a stop begins
+            aux: list[trio.CancelScope] = []  # helpers that end as soon as a stop begins
             nursery.start_soon(_in_scope, aux, partial(_heartbeat_components, runs, store))
             if options.metrics_socket:
                 await nursery.start(_in_scope, aux, partial(metrics.serve_socket, options.metrics_socket))
@@ -113,7 +113,8 @@ async def run_members(
             task_status.started()
             log.info("ready: %s", ", ".join(r.member.name for r in runs))
             await _wait_for_stop_signal(log, config.node.shutdown_grace_s)
-            aux.cancel()
+            for scope in aux:
+                scope.cancel()
             # Graceful stop: http servers drain, periodic loops end at their next wait.
             stopping.set()
             for run in runs:
@@ -132,8 +133,10 @@ async def run_members(
         raise RunnerFailed(failure[0])
 
 
-async def _in_scope(scope: trio.CancelScope, fn: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    with scope:
+async def _in_scope(scopes: list[trio.CancelScope], fn: Any, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.CancelScope() as scope:
+        scopes.append(scope)
         await fn(task_status=task_status)
 
 

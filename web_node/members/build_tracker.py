@@ -20,7 +20,7 @@ import time
 from web_node.errors import NotFound
 from web_node.members._context import MemberContext
 from web_node.members._member import Member, Option
-from web_node.store import Build, BuildStatus, Worker
+from web_node.store import FINISHED_STATUSES, Build, BuildStatus, Worker
 from web_node.units import DURATION_HELP, parse_duration
 
 
@@ -59,12 +59,17 @@ def _vanished_reason(build: Build, worker: Worker | None, now: float, timeout_s:
     return None
 
 
-async def end_build(ctx: MemberContext, build: Build, status: BuildStatus, message: str, now: float) -> bool:
-    """Explain, then finish ``build`` with ``status``; False when it had finished meanwhile."""
+async def end_build(ctx: MemberContext, build: Build, status: BuildStatus, message: str | None, now: float) -> bool:
+    """Explain (when ``message``), write the ``finish`` event, then set the final status.
+
+    Returns False, and writes nothing, when the build had finished meanwhile.
+    The gateway ends builds the same way when a worker reports a result.
+    """
     current = await ctx.store.get_build(build.id)
-    if current.status != "started":
+    if current.status in FINISHED_STATUSES:
         return False
-    await ctx.store.append_event(build.id, "error", {"message": message}, now)
+    if message:
+        await ctx.store.append_event(build.id, "error", {"message": message}, now)
     await ctx.store.append_event(build.id, "finish", {"status": status}, now)
     await ctx.store.finish_build(build.id, status, now)
     return True

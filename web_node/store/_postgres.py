@@ -11,6 +11,8 @@ PostgreSQL rolls back as a whole, are retried too.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -40,6 +42,7 @@ def redact(url: str) -> str:
 _QMARK = re.compile(r"\?")
 
 
+@functools.lru_cache(maxsize=512)
 def _to_pyformat(sql: str) -> str:
     # The shared queries use SQLite's "?" placeholders; psycopg wants "%s"
     # (and a literal "%" doubled). None of our SQL has "?" inside a literal.
@@ -81,6 +84,8 @@ class PostgresStore(SqlStore):
         self._lock = threading.Lock()
         self._closed = False
         self._conn: psycopg.Connection[Row] | None = self._connect()
+        self._pid = os.getpid()
+        self._inherited: list[psycopg.Connection[Row]] = []
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r})"
@@ -100,9 +105,9 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._conn is not None:
+            if self._conn is not None and self._pid == os.getpid():  # not a connection inherited by fork
                 self._conn.close()
-                self._conn = None
+            self._conn = None
 
     def _lock_schema(self, tx: Tx) -> None:
         # Held until the migration transaction ends; a second node migrating at
@@ -125,6 +130,14 @@ class PostgresStore(SqlStore):
         with self._lock:
             if self._closed:
                 raise StoreError(f"the store for {redact(self.url)} is closed", backend=self.backend)
+            if self._pid != os.getpid():
+                # Forked after opening: the socket is shared with the parent.
+                # Keep the inherited connection unused and unclosed (closing
+                # would end the parent's session) and open one of our own.
+                if self._conn is not None:
+                    self._inherited.append(self._conn)
+                self._conn = None
+                self._pid = os.getpid()
             reconnected = False
             conflicts = 0
             while True:

@@ -75,6 +75,8 @@ class SqliteStore(SqlStore):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._conn = self._with_retry(self._connect)
+        self._pid = os.getpid()
+        self._inherited: list[sqlite3.Connection] = []
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
@@ -114,9 +116,9 @@ class SqliteStore(SqlStore):
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
+            if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
-                self._conn = None
+            self._conn = None
 
     def _with_retry(self, fn: Callable[[], T]) -> T:
         """Call ``fn``, retrying while SQLite answers busy, until the busy timeout has passed."""
@@ -147,9 +149,16 @@ class SqliteStore(SqlStore):
 
     def _run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
         with self._lock:
-            conn = self._conn
-            if conn is None:
+            if self._conn is None:
                 raise StoreError(f"the store for {self.path} is closed", backend=self.backend)
+            if self._pid != os.getpid():
+                # Forked after opening: SQLite connections must not cross a
+                # fork, so the child opens its own. The parent's is kept, never
+                # used or closed here: closing it would act on the parent's locks.
+                self._inherited.append(self._conn)
+                self._conn = self._with_retry(self._connect)
+                self._pid = os.getpid()
+            conn = self._conn
 
             def attempt() -> T:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

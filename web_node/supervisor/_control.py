@@ -16,8 +16,10 @@ from typing import Any
 import trio
 
 from web_node.errors import SupervisorError
+from web_node.log import node_logger
 
 MAX_REQUEST = 256
+_log = node_logger()
 
 
 async def serve_control(path: str, status: Callable[[], dict[str, Any]], *,
@@ -44,14 +46,24 @@ async def serve_control(path: str, status: Callable[[], dict[str, Any]], *,
 
 
 async def _answer(conn: trio.socket.SocketType, status: Callable[[], dict[str, Any]]) -> None:
-    with conn:
+    stream = trio.SocketStream(conn)
+    async with stream:
         with trio.move_on_after(5):
-            request = (await conn.recv(MAX_REQUEST)).decode(errors="replace").strip()
-            if request == "status":
-                body = json.dumps(status()).encode()
-            else:
-                body = json.dumps({"error": f"unknown request {request!r}; the node answers: status"}).encode()
-            await conn.sendall(body)
+            await _answer_on(stream, status)
+
+
+async def _answer_on(stream: trio.SocketStream, status: Callable[[], dict[str, Any]]) -> None:
+    try:
+        request = (await stream.receive_some(MAX_REQUEST)).decode(errors="replace").strip()
+        if request == "status":
+            body = json.dumps(status()).encode()
+        else:
+            body = json.dumps({"error": f"unknown request {request!r}; the node answers: status"}).encode()
+        await stream.send_all(body)
+    except Exception as e:  # a broken answer must never take the node down
+        _log.error("control socket: could not answer: %s", e, exc_info=e)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(json.dumps({"error": f"the node failed to answer: {e}"}).encode())
 
 
 def request_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -73,5 +85,7 @@ def request_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
             if not chunk:
                 break
             chunks.append(chunk)
-    result: dict[str, Any] = json.loads(b"".join(chunks))
+    result: dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
+    if "error" in result:
+        raise SupervisorError(f"the node at {path} answered: {result['error']}")
     return result

@@ -1,10 +1,12 @@
 """What both SQL backends share: every query, and rows turned into records.
 
-A backend supplies one thing, :meth:`SqlStore._run`: run a function inside one
-short transaction on its connection, retrying where that is safe, and turn
-driver errors into :class:`~web_node.errors.StoreError`. The queries are
-written once, with ``?`` placeholders, in SQL that SQLite (3.35+) and
-PostgreSQL both accept, so the two backends cannot drift apart.
+A backend supplies :meth:`SqlStore._run`: run a function inside one short
+transaction on its connection, retrying where that is safe, and turn driver
+errors into :class:`~web_node.errors.StoreError`. The queries are written
+once, with ``?`` placeholders, in SQL that SQLite (3.35+) and PostgreSQL both
+accept, so the two backends cannot drift apart; the two places where one SQL
+text cannot serve both (the claim lock, the plan of list_all_jobs) are class
+attributes a backend overrides.
 """
 
 from __future__ import annotations

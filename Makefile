@@ -44,6 +44,7 @@ unit: install deps
 test: install deps lint typecheck unit
 
 bench: install
+	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench
 
 clean:

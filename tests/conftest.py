@@ -41,7 +41,7 @@ def remove_cgroup_root(root: str) -> None:
         top = Path(mount) / name
         if not top.is_dir():
             continue
-        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [top]
+        dirs = [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True), top]
         for d in dirs:
             kill = d / "cgroup.kill"
             if kill.exists():
@@ -68,7 +68,7 @@ class NodeProcess:
 
     def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = cwd / f"web-node-{uuid.uuid4().hex[:6]}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "web_node", *args], cwd=cwd, env=full_env,

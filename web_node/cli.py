@@ -104,7 +104,7 @@ def selection_for(registry: Registry, command: str) -> list[str]:
     if command == "web":
         return registry.names()
     if command in ROLES:
-        return [m.name for m in registry.by_role(command)]  # type: ignore[arg-type]
+        return [m.name for m in registry if m.role == command]
     if command in registry:
         return [command]
     valid = ["web", *ROLES, *registry.names()]
@@ -173,7 +173,7 @@ def _set_process_title(title: str) -> None:
 
 
 def _cmd_members(args: argparse.Namespace, registry: Registry) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for m in registry:
         rows.append({
             "name": m.name, "role": m.role, "kind": m.kind,
@@ -190,6 +190,8 @@ def _cmd_members(args: argparse.Namespace, registry: Registry) -> int:
         eps = r["endpoints"]
         table.append([r["name"], r["role"], r["kind"], r["interval"], r["listen"],
                       f"{len(eps)} ({', '.join(eps[:3])}{', ...' if len(eps) > 3 else ''})" if eps else "-"])
+    from web_node.status import format_table
+
     print(format_table(table))
     return 0
 
@@ -229,11 +231,6 @@ def _cmd_top(args: argparse.Namespace, registry: Registry) -> int:
     from web_node.status import run_top
 
     return run_top(_control_socket(args, registry), args.interval, args.iterations)
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:

@@ -242,7 +242,7 @@ async def _serve_http(run: _MemberRun, task_status: trio.TaskStatus[None]) -> No
     # hypercorn's own "Running on" line repeats ours; keep only its warnings and errors.
     server_log = logging.getLogger(f"hypercorn.{run.member.name}")
     server_log.setLevel(logging.WARNING)
-    cfg.errorlog = server_log  # type: ignore[assignment]
+    cfg.errorlog = server_log
     try:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(hypercorn.trio.serve, app, cfg, shutdown_trigger=run.stop.wait))

@@ -9,9 +9,10 @@ from typing import Any
 from web_node.units import format_duration, format_size
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+def format_table(rows: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart, for terminals and copy-paste."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _size(n: Any) -> str:
@@ -35,7 +36,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"{cpu:.2f}s" if isinstance(cpu, float) else "-",
             ",".join(g["members"]), g.get("last_exit") or "",
         ])
-    lines.append(_table(rows))
+    lines.append(format_table(rows))
     return "\n".join(lines)
 
 
@@ -59,7 +60,7 @@ def format_top(status: dict[str, Any], previous: dict[str, Any] | None) -> str:
             rate("pressure_memory_some_seconds"), rate("pressure_cpu_some_seconds"), str(g["restarts"]),
         ])
     header = f"web-node top  pid {status['node']['pid']}  {time.strftime('%H:%M:%S')}  (PSI: % of time some task waited)"
-    return header + "\n" + _table(rows)
+    return header + "\n" + format_table(rows)
 
 
 def run_top(socket_path: str, interval: float, iterations: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,7 +49,7 @@ def new_app(ctx: MemberContext) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Any:
-        return {"member": ctx.member.name, "group": ctx.group, "status": "ok"}
+        return {"member": ctx.member.name, "group": ctx.group, "pid": os.getpid(), "status": "ok"}
 
     @app.errorhandler(ApiError)
     async def api_error(e: ApiError) -> Any:

@@ -59,6 +59,12 @@ class StopRequest:
     log_line: str
 
 
+def _weight(event: dict[str, Any]) -> int:
+    """What an event counts against MAX_BUFFERED_BYTES: its output text, or a nominal 64 bytes."""
+    text = event["payload"].get("output")
+    return max(len(text), 64) if isinstance(text, str) else 64
+
+
 @dataclass
 class EventQueue:
     """Events waiting to be sent, with consecutive output of one step merged."""
@@ -74,26 +80,29 @@ class EventQueue:
         if (type_ == "log" and last is not None and last["type"] == "log" and isinstance(text, str)
                 and last["payload"].get("step") == payload.get("step")
                 and len(last["payload"]["output"]) + len(text) <= MAX_EVENT_TEXT):
+            self.size -= _weight(last)
             last["payload"]["output"] += text
+            self.size += _weight(last)
         else:
-            self.events.append({"type": type_, "payload": dict(payload)})
-        self.size += len(text) if isinstance(text, str) else 64
+            event = {"type": type_, "payload": dict(payload)}
+            self.events.append(event)
+            self.size += _weight(event)
         while self.size > MAX_BUFFERED_BYTES and len(self.events) > 1:
-            gone = self.events.pop(0)
-            self.size -= len(gone["payload"].get("output", "")) or 64
+            self.size -= _weight(self.events.pop(0))
             self.dropped += 1
         self.changed.set()
 
     def take(self, limit: int = 500) -> list[dict[str, Any]]:
         batch, self.events = self.events[:limit], self.events[limit:]
-        self.size = sum(len(e["payload"].get("output", "")) or 64 for e in self.events)
+        self.size -= sum(_weight(e) for e in batch)
         if not self.events:
             self.changed = trio.Event()
         return batch
 
     def put_back(self, batch: list[dict[str, Any]]) -> None:
         self.events[:0] = batch
-        self.size += sum(len(e["payload"].get("output", "")) or 64 for e in batch)
+        self.size += sum(_weight(e) for e in batch)
+        self.changed.set()
 
 
 class BuildRun:
@@ -138,27 +147,30 @@ class BuildRun:
         started = time.monotonic()
         self.log.info("%s: starting %d step(s) in %s (%s)", b.label, len(b.steps), self.dir, self.cage.description)
         status, message = "errored", None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_loop)
-            self.queue.add("status", {"status": "started", "worker": self.client.worker})
-            with self.scope:
-                self.scope.deadline = trio.current_time() + b.timeout_s
-                try:
-                    status, message = await self._run_steps()
-                except OSError as e:
-                    status, message = "errored", f"worker {self.client.worker} could not run the build: {e}"
-            if self.scope.cancelled_caught:
-                request = self.stop_request or StopRequest(
-                    "failed", timed_out_message(b.timeout_s), f"timed out after {short_duration(b.timeout_s)}: killed")
-                self.log.warning("%s %s", b.label, request.log_line)
-                status, message = request.status or (self.server_status or "aborted"), request.message
-                if request.status is not None:
-                    self.queue.add("log", {"output": f"\n{message}\n", "step": None})
-            await self._flush_all()
-            nursery.cancel_scope.cancel()
-        await self._cleanup()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop)
+                self.queue.add("status", {"status": "started", "worker": self.client.worker})
+                with self.scope:
+                    self.scope.deadline = trio.current_time() + b.timeout_s
+                    try:
+                        status, message = await self._run_steps()
+                    except Exception as e:  # a build that cannot start is errored; the worker goes on
+                        self.log.error("%s could not be run: %s: %s", b.label, type(e).__name__, e)
+                        status, message = "errored", f"worker {self.client.worker} could not run this build: {e}"
+                if self.scope.cancelled_caught:
+                    request = self.stop_request or StopRequest(
+                        "failed", timed_out_message(b.timeout_s), f"timed out after {short_duration(b.timeout_s)}: killed")
+                    self.log.warning("%s %s", b.label, request.log_line)
+                    status, message = request.status or (self.server_status or "aborted"), request.message
+                    if request.status is not None:
+                        self.queue.add("log", {"output": f"\n{message}\n", "step": None})
+                await self._flush_all()
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._cleanup()
         if self.server_status is None:
-            await self._report(status, message if status == "errored" else None)
+            await self._report(status, message)
         self.log.info("%s %s after %.1f s", b.label, status, time.monotonic() - started)
         self.finished.set()
         return status
@@ -274,8 +286,7 @@ class BuildRun:
         """Send everything still queued, retrying for a while if the gateway is briefly away."""
         with trio.move_on_after(30.0):
             while self.queue.events or self.queue.dropped:
-                if not await self._send_once() and self.server_status is None:
-                    continue
+                await self._send_once()
 
     async def _report(self, status: str, message: str | None) -> None:
         delay = 0.5

@@ -82,7 +82,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: until Ctrl-C)")
     p.set_defaults(handler=_cmd_top)
 
-    for extra in _EXTRA_COMMANDS:
+    for extra in _extra_commands():
         extra(sub, registry)
 
     # The node execs this for each group child; not for operators.
@@ -96,8 +96,12 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     return parser
 
 
-# Subcommands added by later packages (quickstart, worker, status, top) register here.
-_EXTRA_COMMANDS: list[Any] = []
+def _extra_commands() -> list[Any]:
+    """Subcommands that live with their own package: each a ``register(subparsers, registry)``."""
+    from web_node.quickstart import register as quickstart
+    from web_node.worker.cli import register as worker
+
+    return [quickstart, worker]
 
 
 def selection_for(registry: Registry, command: str) -> list[str]:

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -60,7 +60,7 @@ class Node:
         reload_config: Callable[[], Config],
         *,
         launcher: Launcher | None = None,
-        extra_groups: list[tuple[GroupSettings, Callable[[GroupSettings, int], tuple[list[str], list[int]]]]] = (),  # type: ignore[assignment]
+        extra_groups: Sequence[tuple[GroupSettings, Callable[[GroupSettings, int], tuple[list[str], list[int]]]]] = (),
     ) -> None:
         self.config = config
         self.registry = registry

@@ -7,11 +7,12 @@ from typing import Any
 import cgroups
 from web_node.config import Config
 from web_node.members import Registry
+from web_node.supervisor import detect_host_layout
 from web_node.units import format_duration, format_size
 
 
 def build_plan(config: Config, registry: Registry, selection: list[str]) -> dict[str, Any]:
-    layout = cgroups.detect_layout()
+    layout = detect_host_layout()
     tree = cgroups.CgroupTree(layout, config.node.cgroup_root)
     groups = []
     for g in config.layout(selection):
@@ -76,9 +77,14 @@ def format_plan(plan: dict[str, Any]) -> str:
         if g["listen"]:
             lines.append("    listen: " + ", ".join(f"{m} {a}" for m, a in g["listen"].items()))
         lines.append(f"    cgroup: {g['cgroup'] or '(none: cgroups unavailable)'}")
-        extra = [p for k, p in g["cgroup_paths"].items() if p != g["cgroup"]]
-        if extra:
-            lines.append(f"            {', '.join(extra)}")
+        # v1 hierarchies mostly share one shape (/sys/fs/cgroup/<controller>/<root>/<group>): show it once.
+        shapes: dict[str, list[str]] = {}
+        for key, path in g["cgroup_paths"].items():
+            if path != g["cgroup"]:
+                shapes.setdefault(path.replace(f"/{key}/", "/<controller>/", 1), []).append(key)
+        for shape, keys in shapes.items():
+            shown = shape.replace("<controller>", keys[0]) if len(keys) == 1 else shape
+            lines.append(f"            + v1 {', '.join(keys)}: {shown}")
     lines.append("")
     dm = plan["disabled_members"]
     lines.append(f"disabled members: {', '.join(dm) if dm else 'none'}")

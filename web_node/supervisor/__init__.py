@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from web_node.supervisor._control import request_status
 from web_node.supervisor._exit_status import ExitFacts, describe_exit
+from web_node.supervisor._host import detect_host_layout
 from web_node.supervisor._launcher import ExecLauncher, Launcher, LaunchSpec
 from web_node.supervisor._restart_policy import RestartDecision, RestartTracker
 from web_node.supervisor._state import GroupSnapshot, GroupState
@@ -26,5 +27,5 @@ def run_node(*args: object, **kwargs: object) -> int:
 
 __all__ = [
     "ExecLauncher", "ExitFacts", "GroupSnapshot", "GroupState", "LaunchSpec", "Launcher",
-    "RestartDecision", "RestartTracker", "describe_exit", "request_status", "run_node",
+    "RestartDecision", "RestartTracker", "describe_exit", "detect_host_layout", "request_status", "run_node",
 ]

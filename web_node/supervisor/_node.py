@@ -35,6 +35,7 @@ from web_node.log import node_logger
 from web_node.members import Registry
 from web_node.supervisor._control import serve_control
 from web_node.supervisor._group import GroupRunner, child_argv
+from web_node.supervisor._host import detect_host_layout
 from web_node.supervisor._launcher import ExecLauncher, Launcher
 from web_node.supervisor._sockets import bind_listen_socket
 from web_node.supervisor._state import GroupSnapshot
@@ -101,7 +102,7 @@ class Node:
                 self._clean_run_dir()
 
     def _setup_cgroups(self) -> None:
-        self.layout = cgroups.detect_layout()
+        self.layout = detect_host_layout()
         if self.layout.kind == "none" or not self.layout.writable:
             self.degraded = list(self.layout.problems) or [f"cgroups are {self.layout.kind}: nothing can be written"]
             self.log.warning(

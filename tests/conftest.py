@@ -19,9 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-CGROUP_MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu",
-                 "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/freezer")
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,9 +33,10 @@ def unique_cgroup_root() -> str:
 
 def remove_cgroup_root(root: str) -> None:
     """Last-resort cleanup: kill what is left below ``root`` in every hierarchy, remove deepest first."""
-    name = root.strip("/")
-    for mount in CGROUP_MOUNTS:
-        top = Path(mount) / name
+    import cgroups
+
+    for top_dir in cgroups.CgroupTree(cgroups.detect_layout(), root).paths().values():
+        top = Path(top_dir)
         if not top.is_dir():
             continue
         dirs = [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True), top]

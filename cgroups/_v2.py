@@ -1,0 +1,158 @@
+"""cgroup v2 interface files (Documentation/admin-guide/cgroup-v2.rst).
+
+Readers take a cgroup directory of the cgroup2 tree and return partial
+``Stats`` fields; writers take a :class:`Limits` and write the v2 files.
+Times in cpu.stat and in the PSI ``total=`` fields are microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._errors import CgroupControllerMissing
+from ._files import (
+    Reader,
+    parse_io_stat,
+    parse_pressure,
+    read_bytes,
+    read_flat_keyed,
+    read_flat_keyed_str,
+    read_int,
+    to_int,
+    write_text,
+)
+from ._limits import CPU_PERIOD_US, Limits
+from ._units import USEC_PER_S
+
+# Part of memory.stat "kernel" on kernels before 5.18, which lack that key.
+_KERNEL_PARTS = ("kernel_stack", "pagetables", "sec_pagetables", "percpu", "slab", "vmalloc")
+
+
+def read_memory(d: str, read: Reader = read_bytes) -> dict[str, Any]:
+    current = read_int(d + "/memory.current", read)
+    stat = read_flat_keyed_str(d + "/memory.stat", read) or {}
+    events = read_flat_keyed(d + "/memory.events", read) or {}
+    kernel = to_int(stat.get("kernel"))
+    if kernel is None and any(k in stat for k in _KERNEL_PARTS):
+        kernel = sum(to_int(stat.get(k)) or 0 for k in _KERNEL_PARTS)
+    return {
+        "memory_usage_bytes": current,
+        "memory_working_set_bytes": _working_set(current, to_int(stat.get("inactive_file"))),
+        # memory.peak exists from kernel 5.19 on; before that: None.
+        "memory_peak_bytes": read_int(d + "/memory.peak", read),
+        # memory.max reads "max" when there is no limit: None.
+        "memory_limit_bytes": read_int(d + "/memory.max", read),
+        "memory_anon_bytes": to_int(stat.get("anon")),
+        "memory_file_bytes": to_int(stat.get("file")),
+        "memory_kernel_bytes": kernel,
+        "memory_sock_bytes": to_int(stat.get("sock")),
+        "memory_shmem_bytes": to_int(stat.get("shmem")),
+        "memory_events_low": events.get("low"),
+        "memory_events_high": events.get("high"),
+        "memory_events_max": events.get("max"),
+        "memory_events_oom": events.get("oom"),
+        "memory_events_oom_kill": events.get("oom_kill"),
+    }
+
+
+def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
+    if usage is None:
+        return None
+    # The counters are read one after the other and may disagree a little.
+    return max(0, usage - (inactive_file or 0))
+
+
+def read_cpu(d: str, *, throttling: bool, read: Reader = read_bytes) -> dict[str, Any]:
+    stat = read_flat_keyed(d + "/cpu.stat", read) or {}
+    out = {
+        "cpu_usage_seconds": _usec(stat.get("usage_usec")),
+        "cpu_user_seconds": _usec(stat.get("user_usec")),
+        "cpu_system_seconds": _usec(stat.get("system_usec")),
+    }
+    if throttling:
+        # throttled_usec is only there while the cpu controller is enabled
+        # for this cgroup (the parent's cgroup.subtree_control has "cpu").
+        out["cpu_throttled_seconds"] = _usec(stat.get("throttled_usec"))
+    return out
+
+
+_PRESSURE_FIELDS = (
+    ("cpu", "pressure_cpu_some_seconds", "pressure_cpu_full_seconds"),
+    ("memory", "pressure_memory_some_seconds", "pressure_memory_full_seconds"),
+    ("io", "pressure_io_some_seconds", "pressure_io_full_seconds"),
+)
+
+
+def read_pressure(d: str, read: Reader = read_bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for resource, some_key, full_key in _PRESSURE_FIELDS:
+        data = read(f"{d}/{resource}.pressure")
+        totals = parse_pressure(data.decode("ascii", "replace")) if data is not None else {}
+        out[some_key] = _usec(totals.get("some"))
+        # cpu.pressure has a "full" line from kernel 5.13 on.
+        out[full_key] = _usec(totals.get("full"))
+    return out
+
+
+def read_pids(d: str, read: Reader = read_bytes) -> dict[str, Any]:
+    return {"pids_current": read_int(d + "/pids.current", read), "pids_max": read_int(d + "/pids.max", read)}
+
+
+def read_io(d: str, read: Reader = read_bytes) -> dict[str, Any]:
+    data = read(d + "/io.stat")
+    if data is None:
+        return {"io_read_bytes": None, "io_write_bytes": None}
+    read_total, write_total = parse_io_stat(data.decode("ascii", "replace"))
+    return {"io_read_bytes": read_total, "io_write_bytes": write_total}
+
+
+def _usec(value: int | None) -> float | None:
+    return None if value is None else value / USEC_PER_S
+
+
+def memory_limit_bytes(d: str) -> int | None:
+    return read_int(d + "/memory.max")
+
+
+def oom_kill_count(d: str) -> int | None:
+    events = read_flat_keyed(d + "/memory.events")
+    return None if events is None else events.get("oom_kill")
+
+
+# -- limits ------------------------------------------------------------------
+
+
+def write_memory_limits(d: str, limits: Limits) -> None:
+    for setting, filename in (
+        ("memory_max_bytes", "memory.max"),
+        ("memory_high_bytes", "memory.high"),
+        ("memory_low_bytes", "memory.low"),
+        ("swap_max_bytes", "memory.swap.max"),
+    ):
+        value = getattr(limits, setting)
+        if value is None:
+            continue
+        path = os.path.join(d, filename)
+        if setting == "swap_max_bytes" and not os.path.exists(path) and os.path.exists(d + "/memory.max"):
+            raise CgroupControllerMissing(
+                f"cannot set swap_max_bytes: {path} does not exist; this kernel does not account swap per "
+                f"cgroup (CONFIG_MEMCG_SWAP off, or booted with swapaccount=0)",
+                controller="memory",
+                setting=setting,
+                path=path,
+            )
+        write_text(path, str(value), controller="memory", setting=setting)
+
+
+def write_cpu_limits(d: str, limits: Limits) -> None:
+    quota = limits.cpu_quota_us()
+    if quota is not None:
+        write_text(d + "/cpu.max", f"{quota} {CPU_PERIOD_US}", controller="cpu", setting="cpu_max_cores")
+    if limits.cpu_weight is not None:
+        write_text(d + "/cpu.weight", str(limits.cpu_weight), controller="cpu", setting="cpu_weight")
+
+
+def write_pids_limit(d: str, limits: Limits) -> None:
+    if limits.pids_max is not None:
+        write_text(d + "/pids.max", str(limits.pids_max), controller="pids", setting="pids_max")

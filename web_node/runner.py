@@ -99,6 +99,7 @@ async def run_members(
                     )
                     metrics.member_enabled.labels(name).set(1)
                     run = _MemberRun(member, ctx)
+                    ctx.state["stopping"] = run.stop  # long-lived responses (live logs) end at a graceful stop
                     runs.append(run)
                     await nursery.start(partial(_supervise_member, run, group, options, stopping, failure, nursery.cancel_scope))
             aux: list[trio.CancelScope] = []  # helpers that end as soon as a stop begins

@@ -43,7 +43,8 @@ def error_response(status: int, message: str) -> Any:
 
 
 def new_app(ctx: MemberContext) -> QuartTrio:
-    app = QuartTrio(f"web_node.{ctx.member.name}")
+    # No default static folder: it would serve ./static of the working directory without a token.
+    app = QuartTrio(f"web_node.{ctx.member.name}", static_folder=None)
     app.config["JSON_SORT_KEYS"] = False
     log = ctx.log
 

@@ -238,7 +238,8 @@ def _cmd_top(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def main(argv: Sequence[str] | None = None, registry: Registry | None = None) -> int:
-    registry = registry or default_registry()
+    if registry is None:  # not `or`: an empty Registry is falsy but still the caller's choice
+        registry = default_registry()
     parser = build_parser(registry)
     args = parser.parse_args(argv)
     try:

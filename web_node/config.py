@@ -259,7 +259,7 @@ def parse_config(raw: Mapping[str, Any], registry: Registry, sources: tuple[str,
     node = _parse_node(_table(raw, "node"))
     members_raw = _table(raw, "members")
     _check_names("members", members_raw, registry.names())
-    members = {m.name: _parse_member(m, _table(members_raw, m.name, prefix="members.")) for m in registry}
+    members = {m.name: _parse_member(m, _table(members_raw, m.name, prefix="members."), registry) for m in registry}
     groups = _parse_groups(_table(raw, "groups"), registry)
     return Config(node=node, members=members, groups=groups, raw=_deep_copy(dict(raw)), sources=sources)
 
@@ -285,7 +285,7 @@ def _parse_node(t: Mapping[str, Any]) -> NodeSettings:
     )
 
 
-def _parse_member(member: Member, t: Mapping[str, Any]) -> MemberSettings:
+def _parse_member(member: Member, t: Mapping[str, Any], registry: Registry) -> MemberSettings:
     key = f"members.{member.name}"
     valid = ["enabled"]
     if member.kind == "periodic":
@@ -299,7 +299,8 @@ def _parse_member(member: Member, t: Mapping[str, Any]) -> MemberSettings:
         raise ConfigError(f"{key}.enabled = {enabled!r} must be true or false", key=f"{key}.enabled", value=enabled, valid="true, false")
     interval = _duration(t, f"{key}.interval", t["interval"]) if "interval" in t else member.interval_s
     if interval is not None and interval <= 0:
-        raise ConfigError(f"{key}.interval must be positive", key=f"{key}.interval", value=t.get("interval"))
+        raise ConfigError(f"{key}.interval = {t.get('interval')!r} must be longer than zero; expected {DURATION_HELP}",
+                          key=f"{key}.interval", value=t.get("interval"), valid=DURATION_HELP)
     listen = member.listen
     if "listen" in t:
         listen = _str(t, f"{key}.listen", t["listen"])
@@ -310,6 +311,12 @@ def _parse_member(member: Member, t: Mapping[str, Any]) -> MemberSettings:
                           key=f"{key}.disabled_endpoints", value=disabled)
     endpoint_names = [e.name for e in member.endpoints]
     for name in disabled:
+        if name not in endpoint_names and name in registry.endpoint_names():
+            owner = registry.endpoint_owner(name).name
+            raise ConfigError(
+                f"{key}.disabled_endpoints: {name!r} is an endpoint of member {owner}, not {member.name}; "
+                f"list it under [members.{owner}] disabled_endpoints", key=f"{key}.disabled_endpoints", value=name,
+                valid=", ".join(endpoint_names))
         if name not in endpoint_names:
             raise ConfigError(
                 f"{key}.disabled_endpoints: {name!r} is not an endpoint of member {member.name}"

@@ -200,7 +200,7 @@ async def _supervise_member(
                 return
             ran_s = time.monotonic() - started_at
             reason = f"{type(e).__name__}: {e}"
-            log.error("member %s failed after %.1f s: %s", member.name, ran_s, reason, exc_info=not isinstance(e, MemberExited))
+            log.error("member %s failed after %.1f s: %s", member.name, ran_s, reason, exc_info=not isinstance(e, MemberError))
             if first:
                 # Never reported ready: tell the caller instead of hanging its start.
                 task_status.started()
@@ -239,6 +239,8 @@ async def _serve_http(run: _MemberRun, task_status: trio.TaskStatus[None]) -> No
     else:
         cfg.bind = [ctx.settings.listen or ""]
     cfg.graceful_timeout = ctx.config.node.shutdown_grace_s
+    # An idle keep-alive connection would otherwise hold every graceful stop for the whole grace.
+    cfg.keep_alive_timeout = min(5.0, ctx.config.node.shutdown_grace_s)
     cfg.accesslog = None
     # hypercorn's own "Running on" line repeats ours; keep only its warnings and errors.
     server_log = logging.getLogger(f"hypercorn.{run.member.name}")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)  # ASCII: no "１s" lookalikes
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_ORDER = ["d", "h", "m", "s", "ms"]
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT]B|B)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT]B|B)?", re.IGNORECASE | re.ASCII)
 _SIZE_FACTORS = {
     "": 1, "b": 1,
     "k": 1024, "ki": 1024, "kib": 1024, "kb": 1000,
@@ -67,6 +67,8 @@ def parse_size(text: str | int) -> int:
     number, unit = match.group(1), (match.group(2) or "").lower()
     if unit not in _SIZE_FACTORS:
         raise ValueError(f"{text!r}: unknown unit {match.group(2)!r}; expected {SIZE_HELP}")
+    if _SIZE_FACTORS[unit] == 1 and "." in number:
+        raise ValueError(f"{text!r}: a number of bytes must be whole; expected {SIZE_HELP}")
     value = int(float(number) * _SIZE_FACTORS[unit])
     if value <= 0:
         raise ValueError(f"{text!r}: a size must be positive")

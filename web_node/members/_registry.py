@@ -27,6 +27,9 @@ class Registry:
         # A member may share its name with its own role (api, ui, gateway): the role command runs it.
         if member.name in RESERVED_COMMANDS or (member.name in ROLES and member.role != member.name):
             raise ValueError(f"member name {member.name!r} collides with a command of the same name")
+        if member.env_disable_var == "WEB_NODE_DISABLE_ENDPOINTS":
+            raise ValueError(f"member name {member.name!r} would make its switch WEB_NODE_DISABLE_ENDPOINTS, "
+                             "which already switches endpoints off; choose another name")
         for endpoint in member.endpoints:
             owner = self._endpoint_owner.get(endpoint.name)
             if owner is not None:

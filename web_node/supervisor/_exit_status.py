@@ -30,8 +30,9 @@ def describe_exit(returncode: int, *, oom_kills: int = 0, memory_limit_bytes: in
         except ValueError:
             name = f"signal {-returncode}"
         if oom_kills > 0 and -returncode == signal.SIGKILL:
-            return ExitFacts(f"killed by SIGKILL: OOM at limit {format_size(memory_limit_bytes)}",
-                             failed=True, oom_killed=True, signal_name=name)
+            where = (f"OOM at limit {format_size(memory_limit_bytes)}" if memory_limit_bytes is not None else
+                     "OOM, although the group has no memory_max: a parent cgroup or the whole machine ran out of memory")
+            return ExitFacts(f"killed by SIGKILL: {where}", failed=True, oom_killed=True, signal_name=name)
         return ExitFacts(f"killed by {name}", failed=True, oom_killed=False, signal_name=name)
     # The placement shim exits 125 when it could not enter the cgroup; a shell reports a
     # signal death of an exec'd child as 128+N, which we never see since the shim execs.

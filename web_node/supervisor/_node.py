@@ -81,6 +81,7 @@ class Node:
         self.run_dir = os.path.join(config.node.data_dir, "run")
         self._group_nursery: trio.Nursery | None = None
         self._raw_path = ""
+        self._tree_lock: int | None = None  # fd holding the cgroup tree's lock while this node lives
 
     # ------------------------------------------------------------ lifecycle
 
@@ -100,6 +101,8 @@ class Node:
                         self.log.error("could not remove the cgroup tree %s: %s; remove it by hand (rmdir, deepest first)",
                                        self.config.node.cgroup_root, e)
                 self._clean_run_dir()
+                if self._tree_lock is not None:
+                    os.close(self._tree_lock)
 
     def _setup_cgroups(self) -> None:
         self.layout = detect_host_layout()
@@ -110,6 +113,7 @@ class Node:
                 "no kernel memory/CPU accounting per group, no OOM attribution", "; ".join(self.degraded))
             return
         tree = cgroups.CgroupTree(self.layout, self.config.node.cgroup_root)
+        self._tree_lock = _tree_lock(tree, self.config.node.cgroup_root)
         stale = tree.cleanup_stale()
         if stale:
             self.log.warning("removed stale cgroups of an earlier run that did not stop cleanly: %s", ", ".join(stale))
@@ -274,6 +278,14 @@ class Node:
                 continue
             before = old_layout[name]
             runner = self.groups[name]
+            if runner.done.is_set():
+                # It gave up (or exited cleanly under on-failure): the operator fixed the cause
+                # and reloads, as the give-up line tells them to; start it afresh with a new tracker.
+                self.log.info("reload: group %s starts again (it was %s; last exit: %s)",
+                              name, runner.state, runner.last_exit or "none")
+                self.groups.pop(name)
+                self._group_nursery.start_soon(self._add_group(settings).supervise)
+                continue
             changed_members = before.members != settings.members or any(
                 old.members[m] != new.members[m] for m in settings.members)
             if changed_members or old.node.database != new.node.database:
@@ -346,6 +358,26 @@ def _node_lock(data_dir: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _tree_lock(tree: cgroups.CgroupTree, cgroup_root: str) -> int:
+    """One node per cgroup tree, whatever its data_dir: a second node would take the
+    first one's live groups for the leftovers of a crash and kill them (on v1 and
+    hybrid hosts nothing in the tree tells a live node's groups from a dead one's).
+
+    The lock is a flock on the tree's root directory itself (cgroupfs supports it),
+    so it leaves no file behind and dies with the node."""
+    paths = sorted(tree.paths().values())
+    os.makedirs(paths[0], exist_ok=True)
+    fd = os.open(paths[0], os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SupervisorError(
+            f"another web-node is already running with cgroup_root {cgroup_root} ({paths[0]}); "
+            "stop it first, or give this node its own [node] cgroup_root") from None
+    return fd
 
 
 def run_node(config: Config, registry: Registry, selection: list[str], reload_config: Callable[[], Config],

@@ -1,0 +1,41 @@
+"""Fixtures of the supervisor tests; the helpers live in supervisor_nodes.py."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # supervisor_nodes, whatever pytest's import mode
+
+from supervisor_nodes import Node, have_hybrid_cgroups, new_ports, start
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``test_real_kernel_*`` here are marked real_kernel; they need root and the hybrid
+    cgroup tree of this machine, and say so (skip) instead of failing obscurely elsewhere."""
+    here = Path(__file__).parent
+    skip = None if have_hybrid_cgroups() else pytest.mark.skip(
+        reason="needs root and hybrid cgroups (v1 memory + v2 at /sys/fs/cgroup/unified)")
+    for item in items:
+        if Path(str(item.fspath)).parent == here and item.name.startswith("test_real_kernel_"):
+            item.add_marker(pytest.mark.real_kernel)
+            if skip is not None:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def new_node(start_node: Any, cgroup_root: str, data_dir: Path, tmp_path: Path) -> Callable[..., Node]:
+    """``new_node(command="web", like=None, **config)``: a node of this test (``like``: same config file)."""
+
+    def make(command: str = "web", *, like: Node | None = None, **config: Any) -> Node:
+        if like is not None:
+            return Node(start_node([command, "--config", str(like.config_path)]), like.config_path, like.data_dir,
+                        like.cgroup_root, like.ports)
+        return start(tmp_path, command, data_dir=data_dir, cgroup_root=cgroup_root, ports=new_ports(),
+                     launch=start_node, **config)
+
+    return make

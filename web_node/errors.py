@@ -4,6 +4,7 @@
 
     WebNodeError                    base; ``str(e)`` is a complete sentence for an operator
     ├── ConfigError                 bad configuration: .key .value .valid; exit code 2
+    ├── PipelineConfigError         a pipeline config sent to SetPipeline is invalid (web_node.pipeline_config; also a ValueError)
     ├── StoreError                  the database failed: .backend
     │   ├── NotFound                a named record does not exist: .kind .name
     │   └── Conflict                the request contradicts stored state

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from web_node.http._app import ApiError, endpoint, error_response, log_disabled, new_app
-from web_node.http._auth import load_or_create_token, parse_token, require_bearer, resolve_token
+from web_node.http._auth import drain_request_body, load_or_create_token, parse_token, require_bearer, resolve_token
 from web_node.http._sse import (
     FollowTiming,
     follow_build_events,
@@ -17,6 +17,7 @@ from web_node.http._sse import (
 __all__ = [
     "ApiError",
     "FollowTiming",
+    "drain_request_body",
     "endpoint",
     "error_response",
     "follow_build_events",

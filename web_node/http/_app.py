@@ -46,6 +46,10 @@ def new_app(ctx: MemberContext) -> QuartTrio:
     # No default static folder: it would serve ./static of the working directory without a token.
     app = QuartTrio(f"web_node.{ctx.member.name}", static_folder=None)
     app.config["JSON_SORT_KEYS"] = False
+    # hypercorn + quart-trio: answering before the body is read can stall the connection's next request.
+    from web_node.http._auth import drain_request_body
+
+    drain_request_body(app)
     log = ctx.log
 
     @app.get("/healthz")

@@ -25,20 +25,16 @@ an aborted build's processes within one heartbeat.
 
 from __future__ import annotations
 
-import contextlib
-import hmac
 import os
 import re
-import secrets
-import stat
-import tempfile
 import time
 from typing import Any
 
 from quart import request
 
-from web_node.errors import MemberError, NotFound
-from web_node.http import ApiError, endpoint, log_disabled, new_app
+from web_node.errors import NotFound
+from web_node.http import ApiError, endpoint, log_disabled, new_app, parse_token, require_bearer, resolve_token
+from web_node.http import load_or_create_token as load_or_create_token  # re-exported: quickstart reads the token file
 from web_node.members._context import MemberContext
 from web_node.members._member import Endpoint, Member, Option
 from web_node.members.build_tracker import end_build
@@ -60,57 +56,6 @@ ENDPOINTS = (
     Endpoint("SendBuildEvents", "POST", "/gateway/v1/builds/<int:build_id>/events", "a build's output and status"),
     Endpoint("FinishBuild", "PUT", "/gateway/v1/builds/<int:build_id>/finish", "a build's result"),
 )
-
-
-# ---------------------------------------------------------------- the token
-
-
-def _parse_token(value: object) -> str | None:
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str) or len(value) < 8 or any(c.isspace() for c in value):
-        raise ValueError("a worker token must be a string of at least 8 characters without spaces")
-    return value
-
-
-def load_or_create_token(path: str) -> tuple[str, bool]:
-    """The token in ``path``, created (random, mode 0600) when the file does not exist.
-
-    Returns ``(token, created)``. Creation is atomic: the token is written to a
-    temporary file that is then hard-linked into place, so a concurrent reader
-    (another gateway process starting at the same moment) never sees a partial
-    file, and when two create at once both end up with the one that won.
-    """
-    try:
-        return _read_token(path), False
-    except FileNotFoundError:
-        pass
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".worker-token.", dir=directory)  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-            created = True
-        except FileExistsError:
-            created = False
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return _read_token(path), created
-
-
-def _read_token(path: str) -> str:
-    with open(path) as f:
-        token = f.read().strip()
-    if not token:
-        raise ValueError(f"the worker token file {path} is empty; delete it to have a new token generated, "
-                         "or set [members.gateway] worker_token")
-    return token
 
 
 # ---------------------------------------------------------------- request helpers
@@ -164,30 +109,9 @@ def heartbeat_interval_s(ctx: MemberContext) -> float:
 async def make_app(ctx: MemberContext) -> Any:
     app = new_app(ctx)
     log_disabled(ctx)
-    token: str | None = ctx.option("worker_token")
-    if token is None:
-        path = os.path.join(ctx.config.node.data_dir, TOKEN_FILE)
-        try:
-            token, created = load_or_create_token(path)
-        except (OSError, ValueError) as e:
-            raise MemberError(f"gateway cannot read or create its worker token file {path}: {e}; "
-                              "fix the file or set [members.gateway] worker_token", member=ctx.member.name) from e
-        if created:
-            ctx.log.info("generated a worker token into %s (mode 0600): give it to workers with --token-file", path)
-        elif stat.S_IMODE(os.stat(path).st_mode) & 0o077:
-            ctx.log.warning("worker token file %s can be read by other users: chmod 600 it", path)
-    expected = f"Bearer {token}".encode()
-    info_path = ctx.member.endpoint("GatewayInfo").path
-
-    @app.before_request
-    async def authenticate() -> Any:
-        if request.path == info_path or not request.path.startswith("/gateway/"):
-            return None
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise ApiError(401, "missing or wrong worker token: send 'Authorization: Bearer <token>' with the gateway's "
-                                "worker_token (data_dir/worker-token when not configured)")
-        return None
+    token = resolve_token(ctx, option="worker_token", filename=TOKEN_FILE)
+    require_bearer(app, ctx, token, exempt={"GatewayInfo"},
+                   hint=f"gateway's worker token ([members.gateway] worker_token, or data_dir/{TOKEN_FILE} when that is unset)")
 
     @endpoint(app, ctx, "GatewayInfo")
     async def info() -> Any:
@@ -299,16 +223,17 @@ async def _own_build(ctx: MemberContext, build_id: int, worker: str) -> Build:
     return build
 
 
-async def _builds_to_stop(ctx: MemberContext, worker: str, build_ids: list[int]) -> list[int]:
-    stop = []
+async def _builds_to_stop(ctx: MemberContext, worker: str, build_ids: list[int]) -> list[dict[str, Any]]:
+    """Which of the builds a worker says it runs it must stop, each with the status it has here."""
+    stop: list[dict[str, Any]] = []
     for build_id in build_ids:
         try:
             build = await ctx.store.get_build(build_id)
         except NotFound:
-            stop.append(build_id)
+            stop.append({"id": build_id, "status": "deleted"})
             continue
         if build.status in FINISHED_STATUSES or build.worker != worker:
-            stop.append(build_id)
+            stop.append({"id": build_id, "status": build.status if build.worker == worker else "claimed by another worker"})
     return stop
 
 
@@ -320,7 +245,7 @@ MEMBER = Member(
     listen="127.0.0.1:2222",
     endpoints=ENDPOINTS,
     options=(
-        Option("worker_token", _parse_token, None,
+        Option("worker_token", parse_token, None,
                "the bearer token workers present; unset: generated into data_dir/worker-token (mode 0600)"),
     ),
     make_app=make_app,

@@ -47,7 +47,10 @@ MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 # When a step's shell exited but something it started still holds the output pipe open.
 PIPE_DRAIN_S = 2.0
 RETRY_MAX_S = 5.0
-PLACEMENT_FAILED = 125
+# How long unsent output, then the result, are retried while the gateway is away (each).
+PATIENCE_S = 60.0
+HURRIED_PATIENCE_S = 5.0
+PLACEMENT_FAILED = 125  # cgroups.PLACEMENT_FAILED: the exit status of the placement shim that failed
 
 
 @dataclass
@@ -57,6 +60,7 @@ class StopRequest:
     status: str | None  # final status to report; None: the server already decided (abort)
     message: str
     log_line: str
+    hurry: bool = False  # the worker is stopping: give the gateway seconds, not a minute, to take the result
 
 
 def _weight(event: dict[str, Any]) -> int:
@@ -72,7 +76,8 @@ class EventQueue:
     events: list[dict[str, Any]] = field(default_factory=list)
     size: int = 0
     dropped: int = 0
-    changed: trio.Event = field(default_factory=trio.Event)
+    changed: trio.Event = field(default_factory=trio.Event)  # set while events wait
+    full: trio.Event = field(default_factory=trio.Event)  # set while FLUSH_BYTES or more wait
 
     def add(self, type_: str, payload: dict[str, Any]) -> None:
         last = self.events[-1] if self.events else None
@@ -91,12 +96,16 @@ class EventQueue:
             self.size -= _weight(self.events.pop(0))
             self.dropped += 1
         self.changed.set()
+        if self.size >= FLUSH_BYTES:
+            self.full.set()
 
     def take(self, limit: int = 500) -> list[dict[str, Any]]:
         batch, self.events = self.events[:limit], self.events[limit:]
         self.size -= sum(_weight(e) for e in batch)
         if not self.events:
             self.changed = trio.Event()
+        if self.size < FLUSH_BYTES:
+            self.full = trio.Event()
         return batch
 
     def put_back(self, batch: list[dict[str, Any]]) -> None:
@@ -123,8 +132,9 @@ class BuildRun:
         self.scope = trio.CancelScope()
         self.stop_request: StopRequest | None = None
         self.server_status: str | None = None
-        self.finished = trio.Event()
         self._send_lock = trio.Lock()
+        self._send_failures = 0
+        self._placement_failed = False
 
     # -- stopping from outside -------------------------------------------------
 
@@ -172,7 +182,6 @@ class BuildRun:
         if self.server_status is None:
             await self._report(status, message)
         self.log.info("%s %s after %.1f s", b.label, status, time.monotonic() - started)
-        self.finished.set()
         return status
 
     async def _run_steps(self) -> tuple[str, str | None]:
@@ -182,7 +191,7 @@ class BuildRun:
                     "BUILD_JOB_NAME": self.build.job, "BUILD_WORKER": self.client.worker})
         for index, step in enumerate(self.build.steps):
             code = await self._run_step(index, step.run, env)
-            if code == PLACEMENT_FAILED and self.cage.cgroup is not None:
+            if code == PLACEMENT_FAILED and self._placement_failed:
                 return "errored", f"step {index + 1} could not be placed in the build's cgroup (see the step's output)"
             if code != 0:
                 self.queue.add("log", {"output": f"\nstep {index + 1} {_describe_exit(code)}\n", "step": index})
@@ -204,8 +213,9 @@ class BuildRun:
                 pumped = trio.Event()
                 nursery.start_soon(self._pump, proc.stdout, index, pumped)
                 await trio.lowlevel.wait_readable(pidfd)  # the shell exited; a zombie until reaped
-                # What the step left running in its group (background jobs) ends with the step.
-                signal_group(pgid, signal.SIGKILL)
+                # What the step left running (background jobs, daemons) ends with the step; this also
+                # closes the output pipe they may hold.
+                await self.cage.kill_all(pgid)
                 with trio.move_on_after(PIPE_DRAIN_S):
                     await pumped.wait()
                 nursery.cancel_scope.cancel()
@@ -225,16 +235,21 @@ class BuildRun:
         signal_group(pgid, signal.SIGTERM)
         with trio.move_on_after(self.kill_grace_s):
             await trio.lowlevel.wait_readable(pidfd)
-        self.cage.kill_all(pgid)
+        await self.cage.kill_all(pgid)
         await proc.wait()
 
     async def _pump(self, stream: trio.abc.ReceiveStream, index: int, done: trio.Event) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        first = True
         try:
             while True:
                 data = await stream.receive_some(READ_CHUNK)
                 if not data:
                     break
+                if first and self.cage.cgroup is not None:
+                    # The placement shim's own words (it exits 125 then): a step may exit 125 by itself too.
+                    self._placement_failed = b"cgroups-place: " in data
+                first = False
                 text = decoder.decode(data)
                 if text:
                     self.queue.add("log", {"output": text, "step": index})
@@ -249,11 +264,12 @@ class BuildRun:
     # -- talking to the gateway --------------------------------------------------
 
     async def _send_loop(self) -> None:
+        # Output after a quiet spell goes out at once; what follows within FLUSH_INTERVAL_S is batched.
         while True:
             await self.queue.changed.wait()
-            if self.queue.size < FLUSH_BYTES:
-                await trio.sleep(FLUSH_INTERVAL_S)
             await self._send_once()
+            with trio.move_on_after(FLUSH_INTERVAL_S):
+                await self.queue.full.wait()
 
     async def _send_once(self) -> bool:
         """Send what is queued; False when the gateway could not take it (kept for later)."""
@@ -270,7 +286,9 @@ class BuildRun:
                 answer = await self.client.send_events(self.build.id, batch)
             except GatewayError as e:
                 self.queue.put_back(batch)
-                self.log.warning("%s: cannot send output now (%s); retrying", self.build.label, e)
+                self._send_failures += 1
+                if self._send_failures % 10 == 1:
+                    self.log.warning("%s: cannot send output now (%s); retrying every second", self.build.label, e)
                 await trio.sleep(1.0)
                 return False
             except GatewayRefused as e:
@@ -278,19 +296,31 @@ class BuildRun:
                 self.log.warning("%s: the gateway refused its output: %s", self.build.label, e)
                 self.server_stopped("gone")
                 return True
+            self._send_failures = 0
             if answer.abort:
                 self.server_stopped(answer.status)
             return True
 
+    @property
+    def _patience_s(self) -> float:
+        """How long unsent output and the result are retried while the gateway is away."""
+        return HURRIED_PATIENCE_S if self.stop_request is not None and self.stop_request.hurry else PATIENCE_S
+
     async def _flush_all(self) -> None:
         """Send everything still queued, retrying for a while if the gateway is briefly away."""
-        with trio.move_on_after(30.0):
-            while self.queue.events or self.queue.dropped:
+        with trio.move_on_after(self._patience_s):
+            while True:
+                # Taking the lock waits for a batch the send loop has in flight: only then does an empty
+                # queue mean that everything was sent (cancelling that send would lose the batch).
+                async with self._send_lock:
+                    if not self.queue.events and not self.queue.dropped:
+                        return
                 await self._send_once()
 
     async def _report(self, status: str, message: str | None) -> None:
         delay = 0.5
-        with trio.move_on_after(60.0) as scope:
+        patience_s = self._patience_s
+        with trio.move_on_after(patience_s) as scope:
             while True:
                 try:
                     doc = await self.client.finish(self.build.id, status, message)
@@ -306,8 +336,8 @@ class BuildRun:
                 await trio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         if scope.cancelled_caught:
-            self.log.error("%s: could not report %s to the gateway for 60 s; the build-tracker will end it",
-                           self.build.label, status)
+            self.log.error("%s: could not report %s to the gateway within %.0f s; the build-tracker will end it",
+                           self.build.label, status, patience_s)
 
     async def _cleanup(self) -> None:
         with trio.CancelScope(shield=True):

@@ -104,11 +104,15 @@ class GatewayClient:
                                {"name": self.worker, "platform": platform, "tags": tags, "builds": builds})
         return float(doc.get("heartbeat_interval_s") or 5.0)
 
-    async def heartbeat(self, builds: list[int]) -> tuple[list[int], float]:
-        """Returns the builds to stop and the heartbeat interval; GatewayRefused(404) means: register again."""
+    async def heartbeat(self, builds: list[int]) -> tuple[dict[int, str], float]:
+        """Returns the builds to stop (id -> their status on the server) and the heartbeat interval.
+
+        GatewayRefused with status 404 means: this worker is not registered (any more), register again.
+        """
         doc = await self._call("PUT", f"/gateway/v1/workers/{self.worker}/heartbeat",
                                {"active_builds": len(builds), "builds": builds})
-        return [int(i) for i in doc.get("abort", [])], float(doc.get("heartbeat_interval_s") or 5.0)
+        stop = {int(item["id"]): str(item.get("status", "")) for item in doc.get("abort", [])}
+        return stop, float(doc.get("heartbeat_interval_s") or 5.0)
 
     async def claim(self, active_builds: int) -> ClaimedBuild | None:
         doc = await self._call("POST", f"/gateway/v1/workers/{self.worker}/claim", {"active_builds": active_builds})

@@ -59,7 +59,7 @@ class BuildCage:
             self._created = True
         return self.cgroup.placement_argv(argv)
 
-    def kill_all(self, pgid: int | None) -> None:
+    async def kill_all(self, pgid: int | None) -> None:
         """SIGKILL the step's process group and everything in the build's cgroup."""
         if pgid is not None:
             signal_group(pgid, signal.SIGKILL)
@@ -67,7 +67,8 @@ class BuildCage:
             import cgroups
 
             try:
-                self.cgroup.kill()
+                # Without cgroup.kill (v1 hosts) this is a freeze-signal-thaw loop of up to 2 s: not on the trio loop.
+                await trio.to_thread.run_sync(self.cgroup.kill)
             except cgroups.CgroupError as e:
                 self._log.error("build %d: could not kill the processes in %s: %s", self.build_id, self.cgroup.path(), e)
 
@@ -117,7 +118,7 @@ class Containment:
             return cls(None, log)
         if stale:
             log.warning("killed and removed cgroups left by an earlier run of this worker: %s", ", ".join(stale))
-        log.info("each build runs in its own cgroup below %s", ", ".join(sorted(set(tree.paths().values()))))
+        log.info("each build runs in its own cgroup below %s", os.path.dirname(tree.leaf("build-0").path()))
         return cls(tree, log)
 
     def for_build(self, build_id: int) -> BuildCage:

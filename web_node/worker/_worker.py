@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import trio
 
-from web_node.errors import ConfigError
+from web_node.errors import ConfigError, WebNodeError
+from web_node.units import format_duration
 from web_node.worker._build import BuildRun, StopRequest
 from web_node.worker._client import GatewayClient, GatewayError, GatewayRefused
 from web_node.worker._containment import Containment
@@ -93,8 +94,8 @@ class Worker:
         if self.current is None:
             self.log.info("%s: no build running, stopping", why)
             return
-        self.log.info("%s: %s may finish within %.0f s, then it is killed", why, self.current.build.label,
-                      self.options.stop_grace_s)
+        self.log.info("%s: %s may finish within %s, then it is killed", why, self.current.build.label,
+                      format_duration(self.options.stop_grace_s))
         assert self._nursery is not None
         self._nursery.start_soon(self._kill_after_grace, why)
 
@@ -105,7 +106,7 @@ class Worker:
     def _kill_running(self, why: str) -> None:
         message = (f"worker {self.options.name} was stopped ({why}) while this build ran; its processes were killed: "
                    "build errored, run it again")
-        self._hard_stop = StopRequest("errored", message, f"killed: the worker was stopped ({why})")
+        self._hard_stop = StopRequest("errored", message, f"killed: the worker was stopped ({why})", hurry=True)
         if self.current is not None:
             self.current.stop(self._hard_stop)
 
@@ -119,7 +120,11 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped; ``started()`` once registered with the gateway."""
         opts = self.options
-        os.makedirs(opts.work_dir, exist_ok=True)
+        try:
+            os.makedirs(opts.work_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--work-dir {opts.work_dir} cannot be created: {e.strerror}; choose a directory this "
+                              "user may write", key="--work-dir", value=opts.work_dir) from None
         self._containment = await trio.to_thread.run_sync(Containment.detect, opts.cgroup_root, self.log)
         try:
             async with trio.open_nursery() as nursery:
@@ -135,6 +140,12 @@ class Worker:
                 else:
                     task_status.started()
                 nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A refused token or name (ConfigError) should read as one line, not as a nursery's group.
+            only = _sole_leaf(group)
+            if isinstance(only, WebNodeError):
+                raise only from None
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await self.client.aclose()
@@ -183,7 +194,7 @@ class Worker:
                 continue
             current = self.current
             if current is not None and current.build.id in abort:
-                current.server_stopped("")
+                current.server_stopped(abort[current.build.id])
 
     async def _claim_loop(self) -> None:
         delay, failures = self.options.poll_interval_s, 0
@@ -220,6 +231,20 @@ class Worker:
                 await run.run()
             finally:
                 self.current = None
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 async def run_worker(options: WorkerOptions, *, handle_signals: bool = True,

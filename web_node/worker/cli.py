@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import tempfile
@@ -72,6 +73,9 @@ def _cmd_worker(args: argparse.Namespace, registry: Any) -> int:
     from web_node.worker._worker import WorkerOptions, run_worker
 
     setup_logging(args.log_format, args.log_level)
+    # httpx logs every request at info: a line per heartbeat. Its failures reach our own log lines anyway.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     options = WorkerOptions(
         gateway_url=args.gateway,
         token=_token(args),

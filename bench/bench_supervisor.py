@@ -89,12 +89,10 @@ class Setup:
             shutdown_grace = "5s"
             [members.api]
             listen = "127.0.0.1:{self.ports['api']}"
-            token = "bench"
             [members.ui]
             listen = "127.0.0.1:{self.ports['ui']}"
             [members.gateway]
             listen = "127.0.0.1:{self.ports['gateway']}"
-            worker_token = "bench"
             [groups.backend]
             members = ["scheduler", "build-tracker", "gc", "syslog-drainer"]
             [groups.api]

@@ -14,9 +14,9 @@ from typing import Any
 
 from web_node.config import Config, GroupSettings, Overrides, load_config
 from web_node.errors import ConfigError
+from web_node.http import load_or_create_token
 from web_node.log import setup_logging
 from web_node.members import Registry
-from web_node.http import load_or_create_token
 
 DEFAULT_DATA_DIR = "web-node-data"
 WORKER_GROUP = "worker"

@@ -103,6 +103,16 @@ class Setup:
         return [PY, "-m", "web_node", what, "--in-process", "--config", str(self.config)]
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the supervisor we started, then its whole session if it does not stop."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextlib.contextmanager
 def web_node(setup: Setup) -> Iterator[subprocess.Popen[bytes]]:
     log = open(setup.tmp / "node.log", "ab")
@@ -111,12 +121,7 @@ def web_node(setup: Setup) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
         log.close()
 
 
@@ -151,12 +156,7 @@ def supervisord(setup: Setup) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -187,12 +187,7 @@ def circus(setup: Setup) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
         subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
 
 

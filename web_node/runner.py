@@ -112,7 +112,9 @@ async def run_members(
                 # Said "ready" to the node through this socket only once every member started.
                 await nursery.start(_in_scope, aux, partial(_lifeline, options.node_fd, log))
             task_status.started()
-            log.info("ready: %s", ", ".join(r.member.name for r in runs))
+            failed = [r.member.name for r in runs if r.ctx.state.get("failed_to_start")]
+            log.info("ready: %s%s", ", ".join(r.member.name for r in runs if r.member.name not in failed),
+                     f" (failed to start, restarting by policy: {', '.join(failed)})" if failed else "")
             await _wait_for_stop_signal(log, config.node.shutdown_grace_s)
             for scope in aux:
                 scope.cancel()
@@ -203,6 +205,7 @@ async def _supervise_member(
             log.error("member %s failed after %.1f s: %s", member.name, ran_s, reason, exc_info=not isinstance(e, MemberError))
             if first:
                 # Never reported ready: tell the caller instead of hanging its start.
+                run.ctx.state["failed_to_start"] = True
                 task_status.started()
                 first = False
             decision = tracker.decide(group.restart, failed=True, now=time.monotonic(), ran_s=ran_s)

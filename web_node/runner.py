@@ -235,7 +235,7 @@ async def _start_member(run: _MemberRun, task_status: trio.TaskStatus[None]) -> 
 async def _serve_http(run: _MemberRun, task_status: trio.TaskStatus[None]) -> None:
     ctx = run.ctx
     assert run.member.make_app is not None
-    app = ctx.metrics.wrap_app(await run.member.make_app(ctx), run.member)
+    app = ctx.metrics.wrap_app(await run.member.make_app(ctx), run.member, ctx.settings.disabled_endpoints)
     cfg = hypercorn.config.Config()
     if ctx.listen_fd is not None:
         cfg.bind = [f"fd://{ctx.listen_fd}"]

@@ -34,7 +34,7 @@ def format_status(status: dict[str, Any]) -> str:
             _size(g.get("memory_bytes")), _size(g.get("memory_peak_bytes")),
             format_size(g.get("memory_limit_bytes")) if "memory_limit_bytes" in g else "-",
             f"{cpu:.2f}s" if isinstance(cpu, float) else "-",
-            ",".join(g["members"]), g.get("last_exit") or "",
+            ",".join(g["members"]) or "(helper process)", g.get("last_exit") or "",
         ])
     lines.append(format_table(rows))
     return "\n".join(lines)

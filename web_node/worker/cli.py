@@ -73,6 +73,9 @@ def _cmd_worker(args: argparse.Namespace, registry: Any) -> int:
     from web_node.worker._worker import WorkerOptions, run_worker
 
     setup_logging(args.log_format, args.log_level)
+    import setproctitle
+
+    setproctitle.setproctitle(f"web-node: worker {args.name}")  # so ps/top tell it from the node's groups
     # httpx logs every request at info: a line per heartbeat. Its failures reach our own log lines anyway.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

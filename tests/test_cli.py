@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from node_helpers import free_port, listening
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 BACKEND_TOML = str(CONFIGS / "backend.toml")
@@ -25,17 +25,6 @@ def web_node(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> s
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WEB_NODE_")}
     return subprocess.run([sys.executable, "-m", "web_node", *args], cwd=cwd, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:

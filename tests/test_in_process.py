@@ -18,22 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from node_helpers import free_port, listening
 
 MEMBERS = ["api", "ui", "scheduler", "build-tracker", "gc", "syslog-drainer", "gateway"]
 # "2026-11-29T04:48:15.858 INFO    [api] serving on ..."
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\[([a-z-]+)\] \S")
 GRACE_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass

@@ -8,22 +8,20 @@ node's SQLite file, as the gateway (another process) would.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import signal
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+from node_helpers import NodeProcess, free_port
 
 from web_node.members.api import ENDPOINTS
 from web_node.store import Store, open_store
@@ -31,24 +29,6 @@ from web_node.store import Store, open_store
 TOKEN = "api-test-token-0123456789"
 DISABLED_MESSAGE = "endpoint ListAllJobs is disabled by configuration"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py under a name of its own (several conftest modules share the name ``conftest``)."""
-    name = "_web_node_tests_root_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-NodeProcess = _root.NodeProcess
-free_port: Callable[[], int] = _root.free_port
 
 
 @dataclass

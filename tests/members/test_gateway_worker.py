@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -23,15 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+from node_helpers import free_port
 
 API_TOKEN = "api-token-for-tests"
 WORKER_TOKEN = "worker-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, *, logs: Callable[[], str] = lambda: "") -> Any:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from node_helpers import free_port
 
 from web_node.store import BuildStatus, Component, JobConfig, StepConfig, Store, open_store
 
@@ -31,12 +31,6 @@ StartNode = Callable[..., Any]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Ui:
@@ -53,7 +47,7 @@ def start_ui(start_node: StartNode, data_dir: Path) -> Iterator[Callable[..., Ui
     stores: list[Store] = []
 
     def start(*flags: str) -> Ui:
-        port = _free_port()
+        port = free_port()
         config = (f'[node]\ndata_dir = "{data_dir}"\nmetrics_listen = ""\n'
                   f'[members.ui]\nlisten = "127.0.0.1:{port}"\n')
         node = start_node(["ui", "--in-process", *flags], config_text=config)

@@ -5,21 +5,19 @@ that are always stopped, also when a test fails."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+from node_helpers import NodeProcess, free_port, remove_cgroup_root, stop_session
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # tests/cgroups would otherwise shadow the real ``cgroups`` package (a namespace
@@ -47,26 +45,6 @@ SPEC_MEMBER_METRICS = (
     "web_node_member_last_run_timestamp_seconds", "web_node_http_requests_total", "web_node_http_request_duration_seconds",
     "web_node_http_requests_in_flight", "web_node_http_endpoint_enabled", "web_node_endpoint_cpu_seconds_total",
 )
-
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py under a name of its own (several conftest modules share the name)."""
-    name = "_web_node_tests_root_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-NodeProcess = _root.NodeProcess
-free_port: Callable[[], int] = _root.free_port
-unique_cgroup_root: Callable[[], str] = _root.unique_cgroup_root
-remove_cgroup_root: Callable[[str], None] = _root.remove_cgroup_root
 
 
 def require(command: str) -> str:
@@ -187,17 +165,7 @@ class Prometheus:
                              f"targets: {self.targets()}\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+        stop_session(self.proc, 10)
         self._log.close()
 
 

@@ -13,7 +13,8 @@ import hypercorn.config
 import hypercorn.trio
 import pytest
 import trio
-from metrics_helpers import Page, free_port, promtool_check_metrics
+from metrics_helpers import Page, promtool_check_metrics
+from node_helpers import free_port
 from quart import jsonify
 from quart_trio import QuartTrio
 

@@ -15,13 +15,13 @@ from metrics_helpers import (
     SPEC_GROUP_METRICS,
     SPEC_MEMBER_METRICS,
     Page,
-    free_port,
     get_page,
     prometheus,
     promtool_check_metrics,
     running_node,
     wait_page,
 )
+from node_helpers import free_port
 
 PERIODIC = ("scheduler", "build-tracker", "gc", "syslog-drainer")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from metrics_helpers import CGROUP_FIXTURES, Page, free_port, promtool_check_metrics
+from metrics_helpers import CGROUP_FIXTURES, Page, promtool_check_metrics
+from node_helpers import free_port
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 import cgroups

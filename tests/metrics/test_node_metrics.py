@@ -18,14 +18,13 @@ import httpx
 import pytest
 from metrics_helpers import (
     Page,
-    free_port,
     get_page,
     prometheus,
     promtool_check_metrics,
     running_node,
-    unique_cgroup_root,
     wait_page,
 )
+from node_helpers import free_port, unique_cgroup_root
 
 from web_node.metrics import CHILD_TIMEOUT_S
 

@@ -19,7 +19,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -28,18 +27,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from node_helpers import free_port
 
 from web_node.store import open_store
 from web_node.store._sql import SqlStore
 
 NO_POSTGRES_ENV = "WEB_NODE_TEST_NO_POSTGRES"
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _postgres_bindir() -> Path | None:
@@ -128,7 +122,7 @@ def postgres_url() -> Iterator[str]:
     try:
         cluster.initdb()
         for _attempt in range(3):  # a free port can be taken before the server binds it
-            port = _free_port()
+            port = free_port()
             if cluster.start(port):
                 break
         else:

@@ -15,7 +15,6 @@ even when a test fails:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -24,35 +23,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from node_helpers import NodeProcess, free_port, remove_cgroup_root, unique_cgroup_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # tests/cgroups would otherwise shadow the real ``cgroups`` package (a namespace
 # package found first on sys.path); the node code imports it.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py under a name of its own: several conftest modules share
-    the name ``conftest``, so ``from conftest import ...`` is ambiguous."""
-    name = "_web_node_tests_root_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tests" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-NodeProcess = _root.NodeProcess
-free_port: Callable[[], int] = _root.free_port
-unique_cgroup_root: Callable[[], str] = _root.unique_cgroup_root
-remove_cgroup_root: Callable[[str], None] = _root.remove_cgroup_root
 
 UNIFIED = Path("/sys/fs/cgroup/unified")
 MEMORY = Path("/sys/fs/cgroup/memory")

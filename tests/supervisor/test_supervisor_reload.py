@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from node_helpers import free_port
 from supervisor_nodes import (
     GRACE_S,
     Node,
     alive,
     cgroup_procs,
     disabled,
-    free_port,
     memory_limit,
     module_node,
     node_toml,

@@ -2,7 +2,7 @@
 and the crash-loop limit.
 
 Backoff starts at 100 ms and doubles with each failure in a row, capped at
-30 s; a group that stayed up for ``STABLE_AFTER_S`` counts as healthy again
+30 s; a group that stayed up for ``STABLE_AFTER_S`` (10 s) counts as healthy again
 and its backoff starts over. More than ``restart_limit`` restarts within
 ``restart_window`` means a crash loop: give up.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_CAP_S = 30.0
-STABLE_AFTER_S = 30.0
+STABLE_AFTER_S = 10.0
 
 
 @dataclass(frozen=True)

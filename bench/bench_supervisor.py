@@ -253,7 +253,11 @@ def main() -> None:
         print("| supervisor | start to all ready (p50) | restart to ready p50 | restart to ready p95 | supervisor idle CPU |")
         print("|---|---|---|---|---|")
         for r in rows:
-            idle = f"{r['idle_pct']:.2f} % of a core" if r["idle_pct"] is not None else "-"
+            idle = "-"
+            if r["idle_pct"] is not None:
+                # /proc/PID/stat counts clock ticks: the resolution is one tick over IDLE_S.
+                resolution = 100 / (os.sysconf("SC_CLK_TCK") * IDLE_S)
+                idle = f"{r['idle_pct']:.2f} % of a core (resolution {resolution:.2f} %)"
             print(f"| {r['name']} | {r['start_p50']:.2f} s | {r['restart_p50']:.2f} s | {r['restart_p95']:.2f} s | {idle} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -97,31 +97,10 @@ def free_port() -> int:
 
 
 def remove_cgroup_root(root: str) -> None:
-    """Last-resort cleanup (as tests/conftest.py): kill what is left below ``root``, remove deepest first."""
-    for top_dir in cgroups.CgroupTree(cgroups.detect_layout(), root).paths().values():
-        top = Path(top_dir)
-        if not top.is_dir():
-            continue
-        dirs = [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True), top]
-        for d in dirs:
-            kill = d / "cgroup.kill"
-            if kill.exists():
-                with contextlib.suppress(OSError):
-                    kill.write_text("1")
-            procs = d / "cgroup.procs"
-            for _ in range(50):
-                try:
-                    pids = [int(p) for p in procs.read_text().split()]
-                except OSError:
-                    break
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.02)
-            with contextlib.suppress(OSError):
-                d.rmdir()
+    """Last-resort cleanup if the node could not remove its own tree: the library
+    empties every leaf (cgroup.kill or SIGKILL per pid) and removes deepest first."""
+    with contextlib.suppress(cgroups.CgroupError):
+        cgroups.CgroupTree(cgroups.detect_layout(), root).destroy()
 
 
 @dataclass

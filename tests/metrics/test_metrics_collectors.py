@@ -272,6 +272,23 @@ def test_writer_openmetrics_is_valid_for_the_strict_parser() -> None:
     assert [s.value for s in families["x_latency_seconds"].samples if s.name.endswith("_bucket")] == [0, 1, 1]
 
 
+def test_writer_histogram_template_keeps_percent_signs_and_checks_lengths() -> None:
+    from web_node.metrics._exposition import labels
+
+    w = PageWriter(openmetrics=False)
+    w.family("x_latency_seconds", "histogram", "latency at 100%")
+    w.histogram("x_latency_seconds", labels(member="50%d", endpoint="%s"), ("0.1", "+Inf"), (1, 3), 0.75)
+    text = w.finish().decode()
+    promtool_check_metrics(text)
+    page = Page.parse(text)
+    assert page.value("x_latency_seconds_bucket", member="50%d", endpoint="%s", le="+Inf") == 3
+    assert page.value("x_latency_seconds_count", member="50%d", endpoint="%s") == 3
+    assert page.value("x_latency_seconds_sum", member="50%d", endpoint="%s") == 0.75
+    assert "latency at 100%" in text
+    with pytest.raises(ValueError, match="2 buckets but 1 counts"):
+        w.histogram("x_latency_seconds", "", ("0.1", "+Inf"), (1,), 0.0)
+
+
 def test_front_door_exports() -> None:
     import web_node.metrics as metrics
 

@@ -80,6 +80,51 @@ async def test_child_socket_is_private_and_speaks_http_1_0(tmp_path: Path) -> No
     assert not os.path.exists(path), "the socket file is removed when the child stops serving"
 
 
+async def test_child_socket_thread_drops_a_silent_peer_and_stops_at_once(tmp_path: Path) -> None:
+    from web_node.metrics import _server
+
+    path = str(tmp_path / "api.metrics.sock")
+    metrics = child_metrics("api")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(metrics.serve_socket, path)
+        silent = await trio.open_unix_socket(path)  # connects and never sends its request
+        began = time.monotonic()
+        _, body = await fetch_unix(path, "", 2.0 + _server.CHILD_REQUEST_TIMEOUT_S)
+        waited = time.monotonic() - began
+        assert Page.parse(body.decode()).value("web_node_member_enabled", member="api") == 1
+        assert waited < _server.CHILD_REQUEST_TIMEOUT_S + 1.0, f"the silent peer held the socket {waited:.2f} s"
+        # The socket's thread now waits for a second silent peer: cancelling must not wait its timeout out.
+        silent2 = await trio.open_unix_socket(path)
+        await trio.sleep(0.05)
+        began = time.monotonic()
+        nursery.cancel_scope.cancel()
+    assert time.monotonic() - began < 0.5, "stopping waited for a silent peer"
+    await silent.aclose()
+    await silent2.aclose()
+    assert not os.path.exists(path)
+
+
+async def test_child_page_stays_whole_while_the_trio_thread_adds_state(tmp_path: Path) -> None:
+    """The socket's thread renders while the trio thread adds members, runs and status codes."""
+    path = str(tmp_path / "api.metrics.sock")
+    metrics = child_metrics("api")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(metrics.serve_socket, path)
+
+        async def churn() -> None:
+            for i in range(20_000):
+                metrics.record_run(f"m{i % 500}", "ok" if i % 3 else "error", time.time(), 0.001 * (i % 50))
+                if i % 100 == 0:
+                    await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(churn)
+        for _ in range(20):
+            _, body = await fetch_unix(path, "", 2.0)
+            page = Page.parse(body.decode())  # a broken render would answer 500 and raise here
+            assert page.value("web_node_member_enabled", member="api") == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_node_page_merges_children_and_survives_dead_and_slow_ones(tmp_path: Path) -> None:
     api_sock, backend_sock = str(tmp_path / "api.sock"), str(tmp_path / "backend.sock")
     slow_sock, dead_sock = str(tmp_path / "slow.sock"), str(tmp_path / "dead.sock")

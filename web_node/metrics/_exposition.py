@@ -4,8 +4,10 @@ prometheus_client's encoders validate and escape every label of every
 sample (about 5-20 µs a sample here); a scrape of a node with 50 groups
 renders thousands of samples, in the node and in every child. Our families
 have fixed, valid names and label sets known when the state is created, so
-label strings are built once (:func:`labels`) and a sample costs one string
-format. Format negotiation still uses prometheus_client's ``choose_encoder``;
+label strings are built once (:func:`labels`), a family's HELP/TYPE lines
+once per process (they are constant text), and a sample costs one string
+format. Format negotiation still uses prometheus_client's ``choose_encoder``
+(remembered per ``Accept`` value: scrapers send the same one every time);
 this module writes what the negotiated content type says.
 
 Every family starts with its ``# HELP`` line (the page merge relies on it).
@@ -13,9 +15,11 @@ Every family starts with its ``# HELP`` line (the page merge relies on it).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 
@@ -35,17 +39,51 @@ def join_labels(*parts: str) -> str:
 def format_value(value: float) -> str:
     if type(value) is int:  # counts, bytes: the common case, and the cheapest
         return str(value)
-    if value.is_integer() and abs(value) < 1e15:
-        return f"{int(value)}.0"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+    text = repr(value)  # the shortest text that reads back as the same float: "0.25", "3.0", "1e+16"
+    if text[-1] in "nf":  # "nan", "inf", "-inf"
+        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    return text
 
 
 def is_openmetrics(content_type: str) -> bool:
     return content_type.startswith("application/openmetrics-text")
+
+
+@functools.lru_cache(maxsize=64)
+def negotiate(accept: str) -> str:
+    """The content type to answer ``accept`` with (prometheus_client's choice)."""
+    return choose_encoder(accept)[1]
+
+
+@functools.lru_cache(maxsize=1024)
+def family_head(name: str, kind: str, help_text: str, openmetrics: bool) -> str:
+    """The ``# HELP``/``# TYPE`` lines of a family. ``name`` as samples use it: ``..._total`` for a counter."""
+    if openmetrics:
+        if kind == "counter" and name.endswith("_total"):
+            name = name[:-6]
+        help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    else:
+        help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def histogram_template(name: str, label_text: str, les: tuple[str, ...]) -> str:
+    """The lines of one histogram as a ``%`` template: a ``%d`` per bucket and the count, ``%s`` the sum.
+
+    A histogram has a dozen buckets and most are written unchanged from
+    scrape to scrape: one ``%`` of a template built once per histogram is
+    several times cheaper than formatting each line.
+    """
+    def esc(text: str) -> str:
+        return text.replace("%", "%%")
+
+    labels_comma = f"{esc(label_text)}," if label_text else ""
+    lines = [f'{esc(name)}_bucket{{{labels_comma}le="{esc(le)}"}} %d\n' for le in les]
+    braces = f"{{{esc(label_text)}}}" if label_text else ""
+    lines.append(f"{esc(name)}_count{braces} %d\n")
+    lines.append(f"{esc(name)}_sum{braces} %s\n")
+    return "".join(lines)
 
 
 class PageWriter:
@@ -57,13 +95,7 @@ class PageWriter:
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         """Start a family. ``name`` as samples use it: ``..._total`` for a counter."""
-        if self.openmetrics:
-            if kind == "counter" and name.endswith("_total"):
-                name = name[:-6]
-            help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-        else:
-            help_text = help_text.replace("\\", "\\\\").replace("\n", "\\n")
-        self._out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        self._out.append(family_head(name, kind, help_text, self.openmetrics))
 
     def sample(self, name: str, label_text: str, value: float) -> None:
         if label_text:
@@ -71,15 +103,12 @@ class PageWriter:
         else:
             self._out.append(f"{name} {format_value(value)}\n")
 
-    def histogram(self, name: str, label_text: str, les: Iterable[str], cumulative: Iterable[int], total: float) -> None:
+    def histogram(self, name: str, label_text: str, les: Sequence[str], cumulative: Sequence[int], total: float) -> None:
         """The ``_bucket`` samples (``les`` already formatted, ending with ``+Inf``), ``_count`` and ``_sum``."""
-        out = self._out
-        prefix = f'{name}_bucket{{{label_text},le="' if label_text else f'{name}_bucket{{le="'
-        count = 0
-        for le, count in zip(les, cumulative, strict=True):
-            out.append(f'{prefix}{le}"}} {count}\n')
-        self.sample(f"{name}_count", label_text, count)
-        self.sample(f"{name}_sum", label_text, total)
+        if len(les) != len(cumulative) or not les:
+            raise ValueError(f"histogram {name}: {len(les)} buckets but {len(cumulative)} counts")
+        self._out.append(histogram_template(name, label_text, tuple(les))
+                         % (*cumulative, cumulative[-1], format_value(total)))
 
     def metric(self, metric: Metric) -> None:
         """A family from prometheus_client (a registry's collector), written the same way."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
+from itertools import accumulate
 
 from prometheus_client.utils import floatToGoString
 
@@ -41,12 +42,7 @@ class Histogram:
 
     def cumulative(self) -> list[int]:
         """The count of each bucket and all below it, in the order of ``les``."""
-        out = []
-        total = 0
-        for n in self.counts:
-            total += n
-            out.append(total)
-        return out
+        return list(accumulate(self.counts))
 
     def buckets(self) -> list[tuple[str, int]]:
         """Cumulative ``(le, count)`` pairs."""

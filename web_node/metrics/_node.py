@@ -23,9 +23,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
-from prometheus_client.exposition import choose_encoder
 
-from web_node.metrics._exposition import PageWriter, is_openmetrics
+from web_node.metrics._exposition import PageWriter, is_openmetrics, negotiate
 from web_node.metrics._groups import read_stats, write_group_families, write_scrape_errors
 from web_node.metrics._page import merge_pages
 from web_node.metrics._server import FetchError, ParallelFetch, Request, Response, open_tcp, serve
@@ -58,7 +57,7 @@ class NodePage:
         return await trio.to_thread.run_sync(self._build, snaps, accept, abandon_on_cancel=True)
 
     def _build(self, snaps: list[GroupSnapshot], accept: str) -> tuple[bytes, str]:
-        _, content_type = choose_encoder(accept)
+        content_type = negotiate(accept)
         children = {s.name: s.metrics_socket for s in snaps if s.up and s.metrics_socket}
         fetch = ParallelFetch(children, accept)  # every child is asked now and renders meanwhile
         with self._lock:

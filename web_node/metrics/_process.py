@@ -30,11 +30,10 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.exposition import choose_encoder
 
 from web_node.members import Member
 from web_node.metrics._accounting import Account, CpuInstrument, task_accounting_wanted
-from web_node.metrics._exposition import PageWriter, is_openmetrics, labels
+from web_node.metrics._exposition import PageWriter, is_openmetrics, labels, negotiate
 from web_node.metrics._groups import IN_PROCESS_GROUP, own_cgroup, read_stats, write_group_families, write_scrape_errors
 from web_node.metrics._histogram import RUN_BUCKETS, Histogram
 from web_node.metrics._http import EndpointStats, MeteredApp, endpoint_table
@@ -129,7 +128,7 @@ class ProcessMetrics:
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """This process's page in the format ``accept`` asks for: (body, content type)."""
-        _, content_type = choose_encoder(accept)
+        content_type = negotiate(accept)
         writer = PageWriter(openmetrics=is_openmetrics(content_type))
         self.write(writer)
         return writer.finish(), content_type
@@ -146,7 +145,7 @@ class ProcessMetrics:
             except OSError:
                 pass
 
-    async def _handle_child_request(self, request: Request) -> Response:
+    def _handle_child_request(self, request: Request) -> Response:
         if request.path != "/metrics":
             return Response(404, b"this socket serves /metrics only\n")
         body, content_type = self.render(request.headers.get("accept", ""))
@@ -167,7 +166,7 @@ class ProcessMetrics:
                 return Response(200, _INDEX, "text/html; charset=utf-8")
             if request.path != "/metrics":
                 return Response(404, b"not found: the metrics page is /metrics\n")
-            _, content_type = choose_encoder(request.headers.get("accept", ""))
+            content_type = negotiate(request.headers.get("accept", ""))
             snapshot = GroupSnapshot(
                 name=IN_PROCESS_GROUP, members=tuple(self._members), state="up", pid=os.getpid(), restarts=0,
                 start_time=self.started_at, last_exit=None, cgroup=cgroup, metrics_socket=None)
@@ -196,7 +195,13 @@ class ProcessMetrics:
         return text
 
     def write(self, w: PageWriter) -> None:
-        """Every family of this process, in a fixed order."""
+        """Every family of this process, in a fixed order.
+
+        Called from the metrics socket's thread while the trio thread goes on
+        updating the state: every dict is copied (``list(d.items())``, one C
+        call under the GIL) before it is walked, so that a member, endpoint or
+        status code added meanwhile cannot break the iteration.
+        """
         for metric in self.registry.collect():
             w.metric(metric)
 
@@ -204,31 +209,32 @@ class ProcessMetrics:
             name = "web_node_member_cpu_seconds_total"
             w.family(name, "counter", "CPU time spent running the member's own trio tasks (its endpoints' included), "
                                       "told apart also when members share a process")
-            for member, account in self._members.items():
-                seconds = account.seconds + sum(s.account.seconds for s in self._endpoints.get(member, {}).values())
+            for member, account in list(self._members.items()):
+                seconds = account.seconds + sum(s.account.seconds for s in list(self._endpoints.get(member, {}).values()))
                 w.sample(name, self._labels_of(member), seconds)
 
+        runs_of = list(self._runs.items())
         name = "web_node_member_runs_total"
         w.family(name, "counter", "Runs of a periodic member by outcome (ok, error, skipped_paused)")
-        for member, runs in self._runs.items():
+        for member, runs in runs_of:
             m = self._labels_of(member)
-            for outcome, n in runs.outcomes.items():
+            for outcome, n in list(runs.outcomes.items()):
                 w.sample(name, f'{m},outcome="{outcome}"', n)
         name = "web_node_member_last_run_timestamp_seconds"
         w.family(name, "gauge", "UNIX time the member's last run ended")
-        for member, runs in self._runs.items():
+        for member, runs in runs_of:
             if runs.last_run is not None:
                 w.sample(name, self._labels_of(member), runs.last_run)
         name = "web_node_member_run_duration_seconds"
         w.family(name, "histogram", "How long each run of a periodic member took")
-        for member, runs in self._runs.items():
+        for member, runs in runs_of:
             w.histogram(name, self._labels_of(member), runs.duration.les, runs.duration.cumulative(), runs.duration.sum)
 
-        tables = [stats for table in self._endpoints.values() for stats in table.values()]
+        tables = [stats for table in list(self._endpoints.values()) for stats in list(table.values())]
         name = "web_node_http_requests_total"
         w.family(name, "counter", "HTTP requests answered, by endpoint, method and status code")
         for ep in tables:
-            for (method, code), n in ep.requests.items():
+            for (method, code), n in list(ep.requests.items()):
                 w.sample(name, f'{ep.labels},method="{method}",code="{code}"', n)
         name = "web_node_http_request_duration_seconds"
         w.family(name, "histogram", "Time from a request's arrival at the app to the end of its answer")

@@ -217,6 +217,11 @@ def gather_raw(
         if not sep or not group or not size:
             raise ConfigError(f"--memory-max {item!r} must look like GROUP=SIZE, e.g. backend=256M",
                               key="--memory-max", value=item, valid="GROUP=SIZE")
+        try:
+            parse_size(size)
+        except ValueError:
+            raise ConfigError(f"--memory-max {item!r}: {size!r} is not {SIZE_HELP}", key="--memory-max", value=item,
+                              valid=SIZE_HELP) from None
         _section(raw, "groups", group)["memory_max"] = size
     if overrides.log_format:
         _section(raw, "node")["log_format"] = overrides.log_format

@@ -155,7 +155,7 @@ class Node:
         if gave_up and len(gave_up) == len(self.groups):
             self.log.error("every group gave up (%s): the node exits; see each group's last exit above", ", ".join(gave_up))
             return EXIT_ALL_GAVE_UP
-        self.log.info("stopped: every group ended, cgroups removed")
+        self.log.info("stopped: every group ended%s", ", cgroups removed" if self.tree is not None else "")
         return EXIT_OK
 
     async def _report_ready(self, began: float) -> None:

@@ -204,12 +204,7 @@ def write_error(exc: OSError, *, path: str, value: object, setting: str) -> Cgro
 def parse_limit(text: str) -> int | None:
     """A v2 limit or a v1 number: "max" (no limit) and garbage are ``None``."""
     text = text.strip()
-    if not text or text == "max":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
+    return None if text == "max" else to_int(text)
 
 
 def parse_flat_keyed_str(text: str) -> dict[str, str]:
@@ -233,13 +228,8 @@ def parse_flat_keyed_str(text: str) -> dict[str, str]:
 
 def parse_flat_keyed(text: str) -> dict[str, int]:
     """``KEY VALUE`` lines (memory.events, cpu.stat, cgroup.events) with integer values."""
-    out: dict[str, int] = {}
-    for key, value in parse_flat_keyed_str(text).items():
-        try:
-            out[key] = int(value)
-        except ValueError:
-            continue
-    return out
+    parsed = {key: to_int(value) for key, value in parse_flat_keyed_str(text).items()}
+    return {key: value for key, value in parsed.items() if value is not None}
 
 
 def to_int(value: str | None) -> int | None:

@@ -369,6 +369,18 @@ def test_list_all_jobs_empty(store: Store) -> None:
     assert store.list_all_jobs() == []
 
 
+def test_list_all_jobs_of_one_pipeline(store: Store) -> None:
+    store.set_pipeline("beta", {}, [job("unit"), job("deploy")])
+    store.set_pipeline("alpha", {}, [job("unit")])
+    b1 = store.create_build("beta", "unit", "manual", T0)
+    store.create_build("alpha", "unit", "manual", T0 + 1)  # same job name, other pipeline: must not show
+    rows = store.list_all_jobs("beta")
+    assert [(s.job.pipeline, s.job.name) for s in rows] == [("beta", "unit"), ("beta", "deploy")]
+    assert rows[0].latest_build == store.get_build(b1.id)
+    assert rows[1].latest_build is None
+    assert store.list_all_jobs("no-such-pipeline") == []
+
+
 # -- migrations -------------------------------------------------------------------
 
 

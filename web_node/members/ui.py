@@ -104,7 +104,8 @@ async def make_app(ctx: MemberContext) -> Any:
         except NotFound:
             return await _not_found(f"There is no pipeline named “{pipeline}”.",
                                     "It may have been deleted, or the name is misspelled; the list of pipelines is on the home page.")
-        summaries = [s for s in await ctx.store.list_all_jobs() if s.job.pipeline == pipeline]
+        # One pipeline's jobs only: the all-jobs query is the heavy one (ListAllJobs), not for every page view.
+        summaries = await ctx.store.list_all_jobs(pipeline)
         builds = await ctx.store.list_builds(limit=RECENT_BUILDS, pipeline=pipeline)
         return await render_template("pipeline.html", pipeline=found, jobs=summaries, builds=builds,
                                      recent_limit=RECENT_BUILDS)

@@ -83,8 +83,8 @@ class AsyncStore:
     async def get_job(self, pipeline: str, job: str) -> Job:
         return await self._call(self.store.get_job, pipeline, job)
 
-    async def list_all_jobs(self) -> list[JobSummary]:
-        return await self._call(self.store.list_all_jobs)
+    async def list_all_jobs(self, pipeline: str | None = None) -> list[JobSummary]:
+        return await self._call(self.store.list_all_jobs, pipeline)
 
     async def jobs_due(self, now: float) -> list[Job]:
         return await self._call(self.store.jobs_due, now)

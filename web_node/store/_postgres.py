@@ -76,7 +76,7 @@ class PostgresStore(SqlStore):
         f"SELECT {prefixed('b', BUILD_COLUMNS)}, {prefixed('j', JOB_COLUMNS)} FROM jobs j "
         "LEFT JOIN LATERAL ("
         "  SELECT * FROM builds l WHERE l.pipeline = j.pipeline AND l.job = j.name ORDER BY l.id DESC LIMIT 1"
-        ") b ON TRUE ORDER BY j.pipeline, j.position"
+        ") b ON TRUE"
     )
 
     def __init__(self, url: str) -> None:

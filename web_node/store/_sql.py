@@ -175,7 +175,7 @@ class SqlStore(ABC):
         f"SELECT {prefixed('b', BUILD_COLUMNS)}, {prefixed('j', JOB_COLUMNS)} FROM jobs j "
         "LEFT JOIN builds b ON b.id = ("
         "  SELECT MAX(l.id) FROM builds l WHERE l.pipeline = j.pipeline AND l.job = j.name"
-        ") ORDER BY j.pipeline, j.position"
+        ")"
     )
 
     @abstractmethod
@@ -331,14 +331,16 @@ class SqlStore(ABC):
 
         return self._run(read, write=False)
 
-    def list_all_jobs(self) -> list[JobSummary]:
-        """Every job, ordered by pipeline name then position, each with its latest build."""
+    def list_all_jobs(self, pipeline: str | None = None) -> list[JobSummary]:
+        """Every job (or every job of ``pipeline``), ordered by pipeline name then
+        position, each with its latest build."""
         n_build = len(BUILD_COLUMNS.split(","))
+        where, params = (" WHERE j.pipeline = ?", (pipeline,)) if pipeline is not None else ("", ())
 
         def read(tx: Tx) -> list[JobSummary]:
             return [
                 JobSummary(job=_job(r[n_build:]), latest_build=None if r[0] is None else _build(r[:n_build]))
-                for r in tx.rows(self._list_all_jobs_sql)
+                for r in tx.rows(self._list_all_jobs_sql + where + " ORDER BY j.pipeline, j.position", params)
             ]
 
         return self._run(read, write=False)

@@ -127,7 +127,8 @@ async def run_members(
             for run in runs:
                 if run.member.kind != "http":
                     run.ctx.state.get("cancel_scope", trio.CancelScope()).cancel()
-        log.info("stopped: every member ended")
+        if not failure:
+            log.info("stopped: every member ended")
     finally:
         metrics.uninstall_instrument()
         with trio.CancelScope(shield=True):

@@ -48,22 +48,28 @@ def _cmd_quickstart(args: argparse.Namespace, registry: Registry) -> int:
     setup_logging(config.node.log_format, config.node.log_level)
     os.makedirs(data_dir, exist_ok=True)
     api_token = config.members["api"].options.get("token") or load_or_create_token(os.path.join(data_dir, "api-token"))[0]
+    # The worker reads its token from a 0600 file, never from argv (ps shows argv) nor from an
+    # environment every group would inherit. A token set in config is written to a file of its own.
     worker_token_file = os.path.join(data_dir, "worker-token")
-    if config.members["gateway"].options.get("worker_token"):
-        worker_token = config.members["gateway"].options["worker_token"]
+    configured = config.members["gateway"].options.get("worker_token")
+    if configured:
+        worker_token_file = os.path.join(data_dir, "run", "quickstart-worker-token")
+        os.makedirs(os.path.dirname(worker_token_file), mode=0o700, exist_ok=True)
+        fd = os.open(worker_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(configured + "\n")
     else:
-        worker_token = load_or_create_token(worker_token_file)[0]
+        load_or_create_token(worker_token_file)
     gateway = config.members["gateway"].listen
     _print_banner(config, api_token)
 
     def worker_command(settings: GroupSettings, node_fd: int) -> tuple[list[str], list[int]]:
         argv = [sys.executable, "-m", "web_node", "worker", "--gateway", f"http://{gateway}",
+                "--token-file", worker_token_file,
                 "--name", "quickstart-worker", "--work-dir", os.path.join(data_dir, "worker")]
         return argv, []
 
     worker = GroupSettings(name=WORKER_GROUP, members=(), restart="always", restart_limit=10)
-    # The token goes through the environment, not argv, so that ps does not show it.
-    os.environ["WEB_NODE_WORKER_TOKEN"] = worker_token
     return run_node(config, registry, registry.names(), load, extra_groups=[(worker, worker_command)])
 
 

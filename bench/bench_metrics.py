@@ -73,7 +73,7 @@ def child_main(sock_path: str, spec: str) -> None:
     else:
         member = Member(name=name, role="backend", kind="periodic", description="bench", interval_s=10,
                         tick=lambda ctx: trio.sleep(0))
-    metrics.member_enabled.labels(member.name).set(1)
+    metrics.set_member_enabled(member.name)
 
     async def run() -> None:
         metrics.install_instrument()

@@ -26,12 +26,14 @@ from ._detect import Layout, detect_layout
 from ._errors import CgroupBusyError, CgroupControllerMissing, CgroupError, CgroupPermissionError
 from ._limits import Limits
 from ._placement import PLACEMENT_FAILED
+from ._stats import SECTIONS as STATS_SECTIONS
 from ._stats import Stats
 from ._tree import CgroupTree
 from ._units import format_bytes
 
 __all__ = [
     "PLACEMENT_FAILED",
+    "STATS_SECTIONS",
     "Cgroup",
     "CgroupBusyError",
     "CgroupControllerMissing",

@@ -15,7 +15,7 @@ from ._detect import UNIFIED
 from ._errors import CgroupBusyError, CgroupControllerMissing, CgroupError, error_from_os
 from ._files import OpenFiles, parse_flat_keyed, parse_pids, parse_words, read_text, write_text
 from ._limits import Limits
-from ._stats import Sources, Stats, read_stats
+from ._stats import SECTIONS, Sources, Stats, read_stats
 
 #: How long kill() keeps re-reading cgroup.procs and signalling when there
 #: is no cgroup.kill: forks racing with the reads are caught by later rounds.
@@ -214,12 +214,14 @@ class Cgroup:
 
     # -- reading -----------------------------------------------------------------
 
-    def stats(self) -> Stats:
+    def stats(self, sections: frozenset[str] = SECTIONS) -> Stats:
         """One snapshot of usage, limits, events, CPU, pressure, pids and I/O.
 
-        Never raises for a missing file or group: those fields are None.
+        ``sections`` (a subset of ``cgroups.STATS_SECTIONS``) reads only
+        those parts; the others are None. Never raises for a missing file or
+        group: those fields are None.
         """
-        return read_stats(self._sources, self._files.read)
+        return read_stats(self._sources, self._files.read, sections)
 
     def close(self) -> None:
         """Close the file descriptors kept for :meth:`stats` (reopened when needed)."""

@@ -78,15 +78,50 @@ class Sources:
     procs_dirs: tuple[str, ...] = ()
 
 
-def read_stats(src: Sources, read: Reader = read_bytes) -> Stats:
-    """Read everything once; missing files give ``None`` fields."""
+#: The parts of a snapshot, to read fewer files when only some are wanted (see Cgroup.stats):
+#: memory (usage, working set, peak, limit, OOM kills), memory_detail (anon, file, kernel, sock,
+#: shmem, the other memory events), cpu (usage, user, system, throttled), pressure, pids, io.
+SECTIONS = frozenset({"memory", "memory_detail", "cpu", "pressure", "pids", "io"})
+
+
+def read_stats(src: Sources, read: Reader = read_bytes, sections: frozenset[str] = SECTIONS) -> Stats:
+    """Read ``sections`` once; missing files and sections not asked for give ``None`` fields."""
+    unknown = sections - SECTIONS
+    if unknown:
+        raise ValueError(f"unknown stats sections {sorted(unknown)}; known: {sorted(SECTIONS)}")
     values: dict[str, Any] = {}
     unified = src.unified
 
-    if src.memory is not None:
-        values.update(_v1.read_memory(src.memory, read))
-    elif unified is not None:
-        values.update(_v2.read_memory(unified, read))
+    if "memory" in sections or "memory_detail" in sections:
+        detail = "memory_detail" in sections
+        if src.memory is not None:
+            values.update(_v1.read_memory(src.memory, read, detail=detail))
+        elif unified is not None:
+            values.update(_v2.read_memory(unified, read, detail=detail))
+        if "memory" not in sections:  # the detail alone: drop what was read with it
+            for key in _MEMORY_CORE:
+                values.pop(key, None)
+    if "cpu" in sections:
+        _read_cpu(src, read, values)
+    if "pressure" in sections and unified is not None:
+        # Pressure stall information exists per cgroup on cgroup v2 only.
+        values.update(_v2.read_pressure(unified, read))
+    if "pids" in sections:
+        _read_pids(src, read, values)
+    if "io" in sections:
+        if src.blkio is not None:
+            values.update(_v1.read_io(src.blkio, read))
+        elif unified is not None:
+            values.update(_v2.read_io(unified, read))
+    return Stats(**values)
+
+
+_MEMORY_CORE = ("memory_usage_bytes", "memory_working_set_bytes", "memory_peak_bytes", "memory_limit_bytes",
+                "memory_events_oom_kill")
+
+
+def _read_cpu(src: Sources, read: Reader, values: dict[str, Any]) -> None:
+    unified = src.unified
 
     # In hybrid mode cpu.stat of the cgroup2 tree gives usage/user/system in µs
     # even with no controller there; it is more precise than cpuacct's ticks.
@@ -97,25 +132,16 @@ def read_stats(src: Sources, read: Reader = read_bytes) -> Stats:
     if src.cpu is not None:
         values["cpu_throttled_seconds"] = _v1.read_throttled_seconds(src.cpu, read)
 
-    # Pressure stall information exists per cgroup on cgroup v2 only.
-    if unified is not None:
-        values.update(_v2.read_pressure(unified, read))
 
+def _read_pids(src: Sources, read: Reader, values: dict[str, Any]) -> None:
     if src.pids is not None:
         values.update(_v1.read_pids(src.pids, read))
-    elif unified is not None:
-        values.update(_v2.read_pids(unified, read))
+    elif src.unified is not None:
+        values.update(_v2.read_pids(src.unified, read))
     if values.get("pids_current") is None:
         # v1 without a pids hierarchy (or v2 without the pids controller):
         # count the processes instead.
         values["pids_current"] = _count_procs(src.procs_dirs, read)
-
-    if src.blkio is not None:
-        values.update(_v1.read_io(src.blkio, read))
-    elif unified is not None:
-        values.update(_v2.read_io(unified, read))
-
-    return Stats(**values)
 
 
 def _count_procs(dirs: tuple[str, ...], read: Reader) -> int | None:

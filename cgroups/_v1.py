@@ -22,12 +22,11 @@ from cgroupspy.nodes import Node
 from ._errors import CgroupControllerMissing, CgroupError
 from ._files import (
     Reader,
+    int_of,
+    keyed_int,
     parse_blkio_bytes,
     read_bytes,
-    read_flat_keyed,
-    read_flat_keyed_str,
     read_int,
-    to_int,
     write_error,
     write_text,
 )
@@ -64,47 +63,48 @@ def cpu_controller(directory: str) -> Any:
 # -- stats (fast path, no cgroupspy) -------------------------------------------
 
 
-def read_memory(d: str, read: Reader = read_bytes) -> dict[str, Any]:
-    usage = read_int(d + "/memory.usage_in_bytes", read)
-    stat = read_flat_keyed_str(d + "/memory.stat", read) or {}
-    oom = read_flat_keyed(d + "/memory.oom_control", read) or {}
+def read_memory(d: str, read: Reader = read_bytes, *, detail: bool = True) -> dict[str, Any]:
+    """Usage, working set, peak, limit and OOM kills; with ``detail`` also the breakdown and failcnt."""
+    usage = int_of(read(d + "/memory.usage_in_bytes"))
+    stat = read(d + "/memory.stat")
 
     # total_* include descendants (the v1 "hierarchy" numbers); a leaf that a
     # child process split further would otherwise be undercounted.
     def total(key: str) -> int | None:
-        value = stat.get("total_" + key)
-        return to_int(stat.get(key) if value is None else value)
+        value = keyed_int(stat, b"total_" + key.encode())
+        return keyed_int(stat, key.encode()) if value is None else value
 
     inactive_file = total("inactive_file")
-    return {
+    values: dict[str, Any] = {
         # usage_in_bytes is the charge counter itself (slightly "fuzzy" per the
         # v1 docs, per-CPU batches); it is what the limit is enforced against.
         "memory_usage_bytes": usage,
         "memory_working_set_bytes": None if usage is None else max(0, usage - (inactive_file or 0)),
-        "memory_peak_bytes": read_int(d + "/memory.max_usage_in_bytes", read),
+        "memory_peak_bytes": int_of(read(d + "/memory.max_usage_in_bytes")),
         # The kernel shows "no limit" as 9223372036854771712 (4 KiB pages).
-        "memory_limit_bytes": _unlimited_to_none(read_int(d + "/memory.limit_in_bytes", read)),
-        # v1 "rss" is anonymous memory (and swap cache); "cache" is page cache including shmem.
-        "memory_anon_bytes": total("rss"),
-        "memory_file_bytes": total("cache"),
-        "memory_kernel_bytes": read_int(d + "/memory.kmem.usage_in_bytes", read),
-        "memory_sock_bytes": read_int(d + "/memory.kmem.tcp.usage_in_bytes", read),
-        "memory_shmem_bytes": total("shmem"),
-        # v1 has no low/high/oom event counters. failcnt counts the times usage
-        # hit the limit, which is what v2 memory.events "max" counts.
-        "memory_events_low": None,
-        "memory_events_high": None,
-        "memory_events_max": read_int(d + "/memory.failcnt", read),
-        "memory_events_oom": None,
+        "memory_limit_bytes": _unlimited_to_none(int_of(read(d + "/memory.limit_in_bytes"))),
         # memory.oom_control has "oom_kill N" from kernel 4.13 on.
-        "memory_events_oom_kill": oom.get("oom_kill"),
+        "memory_events_oom_kill": keyed_int(read(d + "/memory.oom_control"), b"oom_kill"),
     }
+    if detail:
+        values.update({
+            # v1 "rss" is anonymous memory (and swap cache); "cache" is page cache including shmem.
+            "memory_anon_bytes": total("rss"),
+            "memory_file_bytes": total("cache"),
+            "memory_kernel_bytes": int_of(read(d + "/memory.kmem.usage_in_bytes")),
+            "memory_sock_bytes": int_of(read(d + "/memory.kmem.tcp.usage_in_bytes")),
+            "memory_shmem_bytes": total("shmem"),
+            # v1 has no low/high/oom event counters. failcnt counts the times usage
+            # hit the limit, which is what v2 memory.events "max" counts.
+            "memory_events_max": int_of(read(d + "/memory.failcnt")),
+        })
+    return values
 
 
 def read_cpuacct(d: str, read: Reader = read_bytes) -> dict[str, Any]:
-    usage_ns = read_int(d + "/cpuacct.usage", read)
-    stat = read_flat_keyed(d + "/cpuacct.stat", read) or {}
-    user, system = stat.get("user"), stat.get("system")
+    usage_ns = int_of(read(d + "/cpuacct.usage"))
+    stat = read(d + "/cpuacct.stat")
+    user, system = keyed_int(stat, b"user"), keyed_int(stat, b"system")
     return {
         "cpu_usage_seconds": None if usage_ns is None else usage_ns / NSEC_PER_S,
         # cpuacct.stat counts USER_HZ ticks, not nanoseconds.
@@ -115,14 +115,12 @@ def read_cpuacct(d: str, read: Reader = read_bytes) -> dict[str, Any]:
 
 def read_throttled_seconds(d: str, read: Reader = read_bytes) -> float | None:
     # v1 cpu.stat (cpu hierarchy): nr_periods, nr_throttled, throttled_time (ns).
-    stat = read_flat_keyed(d + "/cpu.stat", read)
-    if stat is None or "throttled_time" not in stat:
-        return None
-    return stat["throttled_time"] / NSEC_PER_S
+    throttled = keyed_int(read(d + "/cpu.stat"), b"throttled_time")
+    return None if throttled is None else throttled / NSEC_PER_S
 
 
 def read_pids(d: str, read: Reader = read_bytes) -> dict[str, Any]:
-    return {"pids_current": read_int(d + "/pids.current", read), "pids_max": read_int(d + "/pids.max", read)}
+    return {"pids_current": int_of(read(d + "/pids.current")), "pids_max": int_of(read(d + "/pids.max"))}
 
 
 def read_io(d: str, read: Reader = read_bytes) -> dict[str, Any]:

@@ -13,67 +13,69 @@ from typing import Any
 from ._errors import CgroupControllerMissing
 from ._files import (
     Reader,
+    int_of,
+    keyed_int,
     parse_io_stat,
-    parse_pressure,
+    pressure_totals,
     read_bytes,
     read_flat_keyed,
-    read_flat_keyed_str,
     read_int,
-    to_int,
     write_text,
 )
 from ._limits import CPU_PERIOD_US, Limits
 from ._units import USEC_PER_S
 
 # Part of memory.stat "kernel" on kernels before 5.18, which lack that key.
-_KERNEL_PARTS = ("kernel_stack", "pagetables", "sec_pagetables", "percpu", "slab", "vmalloc")
+_KERNEL_PARTS = (b"kernel_stack", b"pagetables", b"sec_pagetables", b"percpu", b"slab", b"vmalloc")
 
 
-def read_memory(d: str, read: Reader = read_bytes) -> dict[str, Any]:
-    current = read_int(d + "/memory.current", read)
-    stat = read_flat_keyed_str(d + "/memory.stat", read) or {}
-    events = read_flat_keyed(d + "/memory.events", read) or {}
-    kernel = to_int(stat.get("kernel"))
-    if kernel is None and any(k in stat for k in _KERNEL_PARTS):
-        kernel = sum(to_int(stat.get(k)) or 0 for k in _KERNEL_PARTS)
-    return {
+def read_memory(d: str, read: Reader = read_bytes, *, detail: bool = True) -> dict[str, Any]:
+    """Usage, working set, peak, limit and OOM kills; with ``detail`` also the breakdown and the other events."""
+    current = int_of(read(d + "/memory.current"))
+    stat = read(d + "/memory.stat")
+    events = read(d + "/memory.events")
+    values: dict[str, Any] = {
         "memory_usage_bytes": current,
-        "memory_working_set_bytes": _working_set(current, to_int(stat.get("inactive_file"))),
-        # memory.peak exists from kernel 5.19 on; before that: None.
-        "memory_peak_bytes": read_int(d + "/memory.peak", read),
-        # memory.max reads "max" when there is no limit: None.
-        "memory_limit_bytes": read_int(d + "/memory.max", read),
-        "memory_anon_bytes": to_int(stat.get("anon")),
-        "memory_file_bytes": to_int(stat.get("file")),
-        "memory_kernel_bytes": kernel,
-        "memory_sock_bytes": to_int(stat.get("sock")),
-        "memory_shmem_bytes": to_int(stat.get("shmem")),
-        "memory_events_low": events.get("low"),
-        "memory_events_high": events.get("high"),
-        "memory_events_max": events.get("max"),
-        "memory_events_oom": events.get("oom"),
-        "memory_events_oom_kill": events.get("oom_kill"),
+        "memory_working_set_bytes": _working_set(current, keyed_int(stat, b"inactive_file")),
+        "memory_peak_bytes": int_of(read(d + "/memory.peak")),
+        "memory_limit_bytes": int_of(read(d + "/memory.max")),
+        "memory_events_oom_kill": keyed_int(events, b"oom_kill"),
     }
+    if detail:
+        kernel = keyed_int(stat, b"kernel")
+        if kernel is None:
+            parts = [keyed_int(stat, k) for k in _KERNEL_PARTS]
+            if any(p is not None for p in parts):
+                kernel = sum(p or 0 for p in parts)
+        values.update({
+            "memory_anon_bytes": keyed_int(stat, b"anon"),
+            "memory_file_bytes": keyed_int(stat, b"file"),
+            "memory_kernel_bytes": kernel,
+            "memory_sock_bytes": keyed_int(stat, b"sock"),
+            "memory_shmem_bytes": keyed_int(stat, b"shmem"),
+            "memory_events_low": keyed_int(events, b"low"),
+            "memory_events_high": keyed_int(events, b"high"),
+            "memory_events_max": keyed_int(events, b"max"),
+            "memory_events_oom": keyed_int(events, b"oom"),
+        })
+    return values
 
 
 def _working_set(usage: int | None, inactive_file: int | None) -> int | None:
     if usage is None:
         return None
-    # The counters are read one after the other and may disagree a little.
     return max(0, usage - (inactive_file or 0))
 
 
 def read_cpu(d: str, *, throttling: bool, read: Reader = read_bytes) -> dict[str, Any]:
-    stat = read_flat_keyed(d + "/cpu.stat", read) or {}
+    stat = read(d + "/cpu.stat")
     out = {
-        "cpu_usage_seconds": _usec(stat.get("usage_usec")),
-        "cpu_user_seconds": _usec(stat.get("user_usec")),
-        "cpu_system_seconds": _usec(stat.get("system_usec")),
+        "cpu_usage_seconds": _usec(keyed_int(stat, b"usage_usec")),
+        "cpu_user_seconds": _usec(keyed_int(stat, b"user_usec")),
+        "cpu_system_seconds": _usec(keyed_int(stat, b"system_usec")),
     }
     if throttling:
-        # throttled_usec is only there while the cpu controller is enabled
-        # for this cgroup (the parent's cgroup.subtree_control has "cpu").
-        out["cpu_throttled_seconds"] = _usec(stat.get("throttled_usec"))
+        out["cpu_throttled_seconds"] = _usec(keyed_int(stat, b"throttled_usec"))
     return out
 
 
@@ -87,16 +89,14 @@ _PRESSURE_FIELDS = (
 def read_pressure(d: str, read: Reader = read_bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for resource, some_key, full_key in _PRESSURE_FIELDS:
-        data = read(f"{d}/{resource}.pressure")
-        totals = parse_pressure(data.decode("ascii", "replace")) if data is not None else {}
-        out[some_key] = _usec(totals.get("some"))
-        # cpu.pressure has a "full" line from kernel 5.13 on.
-        out[full_key] = _usec(totals.get("full"))
+        some, full = pressure_totals(read(f"{d}/{resource}.pressure"))
+        out[some_key] = _usec(some)
+        out[full_key] = _usec(full)
     return out
 
 
 def read_pids(d: str, read: Reader = read_bytes) -> dict[str, Any]:
-    return {"pids_current": read_int(d + "/pids.current", read), "pids_max": read_int(d + "/pids.max", read)}
+    return {"pids_current": int_of(read(d + "/pids.current")), "pids_max": int_of(read(d + "/pids.max"))}
 
 
 def read_io(d: str, read: Reader = read_bytes) -> dict[str, Any]:

@@ -97,7 +97,7 @@ async def run_members(
                         log=member_logger(name, group=group.name), store=store, metrics=metrics,
                         listen_fd=options.listen_fds.get(name),
                     )
-                    metrics.member_enabled.labels(name).set(1)
+                    metrics.set_member_enabled(name)
                     run = _MemberRun(member, ctx)
                     ctx.state["stopping"] = run.stop  # long-lived responses (live logs) end at a graceful stop
                     runs.append(run)

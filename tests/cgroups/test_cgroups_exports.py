@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 EXPORTED = {
     "PLACEMENT_FAILED",
+    "STATS_SECTIONS",
     "Cgroup",
     "CgroupBusyError",
     "CgroupControllerMissing",

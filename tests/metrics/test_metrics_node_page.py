@@ -21,7 +21,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 import cgroups
 from web_node.metrics import NodePage, ProcessMetrics, serve_node_metrics
-from web_node.metrics._server import fetch_unix
+from web_node.metrics._child_fetch import fetch_unix
 from web_node.supervisor import GroupSnapshot, GroupState
 
 OPENMETRICS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
@@ -43,7 +43,7 @@ def snap(name: str, cgroup: cgroups.Cgroup | None, socket_path: str | None, stat
 
 def child_metrics(member: str) -> ProcessMetrics:
     m = ProcessMetrics(task_accounting=False)
-    m.member_enabled.labels(member).set(1)
+    m.set_member_enabled(member)
     m.record_run(member, "ok", time.time(), 0.01)
     return m
 
@@ -81,7 +81,7 @@ async def test_child_socket_is_private_and_speaks_http_1_0(tmp_path: Path) -> No
 
 
 async def test_child_socket_thread_drops_a_silent_peer_and_stops_at_once(tmp_path: Path) -> None:
-    from web_node.metrics import _server
+    from web_node.metrics import _child_socket
 
     path = str(tmp_path / "api.metrics.sock")
     metrics = child_metrics("api")
@@ -89,10 +89,10 @@ async def test_child_socket_thread_drops_a_silent_peer_and_stops_at_once(tmp_pat
         await nursery.start(metrics.serve_socket, path)
         silent = await trio.open_unix_socket(path)  # connects and never sends its request
         began = time.monotonic()
-        _, body = await fetch_unix(path, "", 2.0 + _server.CHILD_REQUEST_TIMEOUT_S)
+        _, body = await fetch_unix(path, "", 2.0 + _child_socket.CHILD_REQUEST_TIMEOUT_S)
         waited = time.monotonic() - began
         assert Page.parse(body.decode()).value("web_node_member_enabled", member="api") == 1
-        assert waited < _server.CHILD_REQUEST_TIMEOUT_S + 1.0, f"the silent peer held the socket {waited:.2f} s"
+        assert waited < _child_socket.CHILD_REQUEST_TIMEOUT_S + 1.0, f"the silent peer held the socket {waited:.2f} s"
         # The socket's thread now waits for a second silent peer: cancelling must not wait its timeout out.
         silent2 = await trio.open_unix_socket(path)
         await trio.sleep(0.05)
@@ -139,7 +139,7 @@ async def test_node_page_merges_children_and_survives_dead_and_slow_ones(tmp_pat
     async with trio.open_nursery() as nursery:
         await nursery.start(child_metrics("api").serve_socket, api_sock)
         backend = child_metrics("scheduler")
-        backend.member_enabled.labels("build-tracker").set(1)
+        backend.set_member_enabled("build-tracker")
         await nursery.start(backend.serve_socket, backend_sock)
         await nursery.start(silent_server, slow_sock)
         began = time.monotonic()

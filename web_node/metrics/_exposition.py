@@ -86,6 +86,19 @@ def histogram_template(name: str, label_text: str, les: tuple[str, ...]) -> str:
     return "".join(lines)
 
 
+def sample_line(name: str, label_text: str, value: float) -> str:
+    if label_text:
+        return f"{name}{{{label_text}}} {format_value(value)}\n"
+    return f"{name} {format_value(value)}\n"
+
+
+def histogram_lines(name: str, label_text: str, les: Sequence[str], cumulative: Sequence[int], total: float) -> str:
+    """The ``_bucket`` lines (``les`` already formatted, ending with ``+Inf``), ``_count`` and ``_sum`` of one histogram."""
+    if len(les) != len(cumulative) or not les:
+        raise ValueError(f"histogram {name}: {len(les)} buckets but {len(cumulative)} counts")
+    return histogram_template(name, label_text, tuple(les)) % (*cumulative, cumulative[-1], format_value(total))
+
+
 class PageWriter:
     """Families and samples, appended in order; :meth:`finish` gives the page."""
 
@@ -98,17 +111,15 @@ class PageWriter:
         self._out.append(family_head(name, kind, help_text, self.openmetrics))
 
     def sample(self, name: str, label_text: str, value: float) -> None:
-        if label_text:
-            self._out.append(f"{name}{{{label_text}}} {format_value(value)}\n")
-        else:
-            self._out.append(f"{name} {format_value(value)}\n")
+        self._out.append(sample_line(name, label_text, value))
 
     def histogram(self, name: str, label_text: str, les: Sequence[str], cumulative: Sequence[int], total: float) -> None:
         """The ``_bucket`` samples (``les`` already formatted, ending with ``+Inf``), ``_count`` and ``_sum``."""
-        if len(les) != len(cumulative) or not les:
-            raise ValueError(f"histogram {name}: {len(les)} buckets but {len(cumulative)} counts")
-        self._out.append(histogram_template(name, label_text, tuple(les))
-                         % (*cumulative, cumulative[-1], format_value(total)))
+        self._out.append(histogram_lines(name, label_text, les, cumulative, total))
+
+    def lines(self, text: str) -> None:
+        """Sample lines rendered earlier (by :func:`sample_line`/:func:`histogram_lines`), appended as they are."""
+        self._out.append(text)
 
     def metric(self, metric: Metric) -> None:
         """A family from prometheus_client (a registry's collector), written the same way."""

@@ -35,9 +35,15 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class EndpointStats:
-    """What one endpoint of one member did so far."""
+    """What one endpoint of one member did so far.
 
-    __slots__ = ("account", "declared", "enabled", "endpoint", "in_flight", "labels", "latency", "member", "requests")
+    ``version`` grows by one after each recorded request, once its count and
+    latency are both in: the page writer keeps the endpoint's rendered lines
+    until it changes (see ProcessMetrics.write).
+    """
+
+    __slots__ = ("account", "declared", "enabled", "endpoint", "in_flight", "labels", "latency", "member", "rendered",
+                 "requests", "version")
 
     def __init__(self, member: str, endpoint: str, *, declared: bool, enabled: bool) -> None:
         self.member = member
@@ -49,6 +55,8 @@ class EndpointStats:
         self.in_flight = 0
         self.latency = Histogram(HTTP_BUCKETS)
         self.requests: dict[tuple[str, str], int] = {}  # (method, code) -> count
+        self.version = 0
+        self.rendered: tuple[int, str, str] | None = None  # (version, request count lines, latency lines)
 
 
 class _Router:
@@ -107,6 +115,7 @@ class MeteredApp:
             stats.latency.observe(time.perf_counter() - began)
             key = (method if method in _METHODS else "other", str(status))
             stats.requests[key] = stats.requests.get(key, 0) + 1
+            stats.version += 1  # last: a page rendered at the old version may hold part of this request, never less
 
         async def send_and_note(message: Message) -> None:
             nonlocal status

@@ -3,8 +3,8 @@
 On each GET /metrics:
 
 1. the supervisor's snapshot of every group;
-2. each up child is asked for its own page over its unix socket, all at
-   once, with a short timeout (a dead or slow child is left out of this
+2. each up child is asked for its own page over its unix socket (a
+   connection kept open from scrape to scrape), all at once, with a short timeout (a dead or slow child is left out of this
    scrape, counted in ``web_node_scrape_errors_total{group}`` and logged);
 3. while the children render, each group's cgroup files are read;
 4. the node's group families and the children's pages are merged into one
@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from web_node.metrics._child_fetch import ChildConnections, FetchError, ParallelFetch
 from web_node.metrics._exposition import PageWriter, is_openmetrics, negotiate
 from web_node.metrics._groups import read_stats, write_group_families, write_scrape_errors
 from web_node.metrics._page import merge_pages
-from web_node.metrics._server import FetchError, ParallelFetch, Request, Response, open_tcp, serve
+from web_node.metrics._server import Request, Response, open_tcp, serve
 
 if TYPE_CHECKING:
     from web_node.supervisor import GroupSnapshot
@@ -48,6 +49,7 @@ class NodePage:
         self.child_timeout_s = child_timeout_s
         self.errors: dict[str, int] = {}  # group -> scrapes that missed part of its metrics
         self._lock = threading.Lock()
+        self.connections = ChildConnections()  # one kept open to each child, from scrape to scrape
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:
         """The whole page: (body, content type)."""
@@ -59,7 +61,8 @@ class NodePage:
     def _build(self, snaps: list[GroupSnapshot], accept: str) -> tuple[bytes, str]:
         content_type = negotiate(accept)
         children = {s.name: s.metrics_socket for s in snaps if s.up and s.metrics_socket}
-        fetch = ParallelFetch(children, accept)  # every child is asked now and renders meanwhile
+        self.connections.keep_only(children.values())
+        fetch = ParallelFetch(children, accept, self.connections)  # every child is asked now and renders meanwhile
         with self._lock:
             readings = read_stats(snaps, self.errors)
         fetch.finish(self.child_timeout_s)
@@ -110,4 +113,7 @@ async def serve_node_metrics(
             log.info("metrics page on %s", ", ".join(f"http://{a}/metrics" for a in addresses or []))
             task_status.started()
 
-    await serve(listeners, page.handle, task_status=_Started())
+    try:
+        await serve(listeners, page.handle, task_status=_Started())
+    finally:
+        page.connections.close()

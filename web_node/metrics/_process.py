@@ -29,27 +29,32 @@ from collections.abc import Collection
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from web_node.members import Member
 from web_node.metrics._accounting import Account, CpuInstrument, task_accounting_wanted
-from web_node.metrics._exposition import PageWriter, is_openmetrics, labels, negotiate
+from web_node.metrics._child_socket import open_unix, serve_unix
+from web_node.metrics._exposition import PageWriter, format_value, histogram_lines, is_openmetrics, labels, negotiate, sample_line
 from web_node.metrics._groups import IN_PROCESS_GROUP, own_cgroup, read_stats, write_group_families, write_scrape_errors
 from web_node.metrics._histogram import RUN_BUCKETS, Histogram
 from web_node.metrics._http import EndpointStats, MeteredApp, endpoint_table
-from web_node.metrics._server import Request, Response, open_tcp, open_unix, serve, serve_unix
+from web_node.metrics._server import Request, Response, open_tcp, serve
 from web_node.supervisor import GroupSnapshot, detect_host_layout
 
 log = logging.getLogger("web_node.metrics")
 
 
 class _RunStats:
-    __slots__ = ("duration", "last_run", "outcomes")
+    """The runs of one periodic member; ``version`` grows after each recorded run (see EndpointStats)."""
+
+    __slots__ = ("duration", "last_run", "outcomes", "rendered", "version")
 
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = {}
         self.last_run: float | None = None
         self.duration = Histogram(RUN_BUCKETS)
+        self.version = 0
+        self.rendered: tuple[int, str, str, str] | None = None  # (version, runs, last run, duration lines)
 
 
 class ProcessMetrics:
@@ -59,16 +64,19 @@ class ProcessMetrics:
     ``0``) switches the per-task CPU instrument; without it the member and
     endpoint CPU families are left out of the page.
 
-    ``registry`` holds ``member_enabled`` (set by the runner); other
-    collectors registered there appear on the page too, after the families
-    kept here.
+    Collectors registered in ``registry`` (prometheus_client's) appear on
+    the page too, before the families kept here.
+
+    A scrape renders only what changed since the previous one: each
+    endpoint's and each periodic member's lines are kept with the
+    ``version`` they were rendered at, so a child whose endpoints were idle
+    answers with little more than its CPU counters (measured in
+    bench/bench_metrics.py, where that is the case for most of them).
     """
 
     def __init__(self, *, task_accounting: bool | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.member_enabled = Gauge(
-            "web_node_member_enabled", "1 when the member is enabled and running in this node",
-            ["member"], registry=self.registry)
+        self._enabled: dict[str, int] = {}  # member -> 1 when enabled and running here
         self.task_accounting = task_accounting_wanted() if task_accounting is None else task_accounting
         self.started_at = time.time()
         self._account: contextvars.ContextVar[Account | None] = contextvars.ContextVar("web_node_account", default=None)
@@ -94,6 +102,10 @@ class ProcessMetrics:
                 trio.lowlevel.remove_instrument(self._instrument)
             except (KeyError, RuntimeError):  # already gone, or called outside the run
                 pass
+
+    def set_member_enabled(self, member: str, enabled: bool = True) -> None:
+        """``web_node_member_enabled`` of a member running in this process (the runner sets it)."""
+        self._enabled[member] = 1 if enabled else 0
 
     def enter_member(self, member: str) -> None:
         """Mark the current task (and its future children) as the member's."""
@@ -123,6 +135,7 @@ class ProcessMetrics:
         if outcome != "skipped_paused":
             stats.last_run = ended_at
             stats.duration.observe(duration_s)
+        stats.version += 1  # last, as in EndpointStats
 
     # ------------------------------------------------------------ pages
 
@@ -200,10 +213,17 @@ class ProcessMetrics:
         Called from the metrics socket's thread while the trio thread goes on
         updating the state: every dict is copied (``list(d.items())``, one C
         call under the GIL) before it is walked, so that a member, endpoint or
-        status code added meanwhile cannot break the iteration.
+        status code added meanwhile cannot break the iteration. A ``version``
+        is read before the state it stands for, so kept lines are never
+        older than their version.
         """
         for metric in self.registry.collect():
             w.metric(metric)
+
+        name = "web_node_member_enabled"
+        w.family(name, "gauge", "1 when the member is enabled and running in this node")
+        for member, on in list(self._enabled.items()):
+            w.sample(name, self._labels_of(member), on)
 
         if self.task_accounting:
             name = "web_node_member_cpu_seconds_total"
@@ -213,47 +233,67 @@ class ProcessMetrics:
                 seconds = account.seconds + sum(s.account.seconds for s in list(self._endpoints.get(member, {}).values()))
                 w.sample(name, self._labels_of(member), seconds)
 
-        runs_of = list(self._runs.items())
-        name = "web_node_member_runs_total"
-        w.family(name, "counter", "Runs of a periodic member by outcome (ok, error, skipped_paused)")
-        for member, runs in runs_of:
-            m = self._labels_of(member)
-            for outcome, n in list(runs.outcomes.items()):
-                w.sample(name, f'{m},outcome="{outcome}"', n)
-        name = "web_node_member_last_run_timestamp_seconds"
-        w.family(name, "gauge", "UNIX time the member's last run ended")
-        for member, runs in runs_of:
-            if runs.last_run is not None:
-                w.sample(name, self._labels_of(member), runs.last_run)
-        name = "web_node_member_run_duration_seconds"
-        w.family(name, "histogram", "How long each run of a periodic member took")
-        for member, runs in runs_of:
-            w.histogram(name, self._labels_of(member), runs.duration.les, runs.duration.cumulative(), runs.duration.sum)
+        runs = [self._run_lines(member, stats) for member, stats in list(self._runs.items())]
+        w.family("web_node_member_runs_total", "counter", "Runs of a periodic member by outcome (ok, error, skipped_paused)")
+        for text in runs:
+            w.lines(text[1])
+        w.family("web_node_member_last_run_timestamp_seconds", "gauge", "UNIX time the member's last run ended")
+        for text in runs:
+            w.lines(text[2])
+        w.family("web_node_member_run_duration_seconds", "histogram", "How long each run of a periodic member took")
+        for text in runs:
+            w.lines(text[3])
 
         tables = [stats for table in list(self._endpoints.values()) for stats in list(table.values())]
-        name = "web_node_http_requests_total"
-        w.family(name, "counter", "HTTP requests answered, by endpoint, method and status code")
-        for ep in tables:
-            for (method, code), n in list(ep.requests.items()):
-                w.sample(name, f'{ep.labels},method="{method}",code="{code}"', n)
-        name = "web_node_http_request_duration_seconds"
-        w.family(name, "histogram", "Time from a request's arrival at the app to the end of its answer")
-        for ep in tables:
-            w.histogram(name, ep.labels, ep.latency.les, ep.latency.cumulative(), ep.latency.sum)
-        name = "web_node_http_requests_in_flight"
-        w.family(name, "gauge", "Requests being answered right now")
-        for ep in tables:
-            w.sample(name, ep.labels, ep.in_flight)
-        name = "web_node_http_endpoint_enabled"
-        w.family(name, "gauge", "1 for each declared endpoint that is on, 0 when disabled by configuration")
-        for ep in tables:
-            if ep.declared:
-                w.sample(name, ep.labels, 1 if ep.enabled else 0)
+        http = [_endpoint_lines(ep) for ep in tables]
+        w.family("web_node_http_requests_total", "counter", "HTTP requests answered, by endpoint, method and status code")
+        for ep_text in http:
+            w.lines(ep_text[1])
+        w.family("web_node_http_request_duration_seconds", "histogram",
+                 "Time from a request's arrival at the app to the end of its answer")
+        for ep_text in http:
+            w.lines(ep_text[2])
+        # One sample per endpoint that may change at any time: one comprehension each, the cheapest way to write them.
+        w.family("web_node_http_requests_in_flight", "gauge", "Requests being answered right now")
+        w.lines("".join([f"web_node_http_requests_in_flight{{{ep.labels}}} {ep.in_flight:d}\n" for ep in tables]))
+        w.family("web_node_http_endpoint_enabled", "gauge",
+                 "1 for each declared endpoint that is on, 0 when disabled by configuration")
+        w.lines("".join([f"web_node_http_endpoint_enabled{{{ep.labels}}} {1 if ep.enabled else 0}\n"
+                         for ep in tables if ep.declared]))
         if self.task_accounting:
-            name = "web_node_endpoint_cpu_seconds_total"
-            w.family(name, "counter", "CPU time spent running the tasks that answer the endpoint's requests")
-            for ep in tables:
-                w.sample(name, ep.labels, ep.account.seconds)
+            w.family("web_node_endpoint_cpu_seconds_total", "counter",
+                     "CPU time spent running the tasks that answer the endpoint's requests")
+            w.lines("".join([f"web_node_endpoint_cpu_seconds_total{{{ep.labels}}} {format_value(ep.account.seconds)}\n"
+                             for ep in tables]))
+
+    def _run_lines(self, member: str, runs: _RunStats) -> tuple[int, str, str, str]:
+        """The sample lines of one periodic member's run families, rendered again only when a run was recorded."""
+        version = runs.version
+        kept = runs.rendered
+        if kept is not None and kept[0] == version:
+            return kept
+        m = self._labels_of(member)
+        outcomes = "".join(sample_line("web_node_member_runs_total", f'{m},outcome="{outcome}"', n)
+                           for outcome, n in list(runs.outcomes.items()))
+        last = "" if runs.last_run is None else sample_line("web_node_member_last_run_timestamp_seconds", m, runs.last_run)
+        d = runs.duration
+        duration = histogram_lines("web_node_member_run_duration_seconds", m, d.les, d.cumulative(), d.sum)
+        runs.rendered = kept = (version, outcomes, last, duration)
+        return kept
+
+
+def _endpoint_lines(ep: EndpointStats) -> tuple[int, str, str]:
+    """One endpoint's request count and latency lines, rendered again only when a request was recorded."""
+    version = ep.version
+    kept = ep.rendered
+    if kept is not None and kept[0] == version:
+        return kept
+    counts = "".join(sample_line("web_node_http_requests_total", f'{ep.labels},method="{method}",code="{code}"', n)
+                     for (method, code), n in list(ep.requests.items()))
+    lat = ep.latency
+    latency = histogram_lines("web_node_http_request_duration_seconds", ep.labels, lat.les, lat.cumulative(), lat.sum)
+    ep.rendered = kept = (version, counts, latency)
+    return kept
 
 
 class _Started:

@@ -221,7 +221,8 @@ class Cgroup:
         those parts; the others are None. Never raises for a missing file or
         group: those fields are None.
         """
-        return read_stats(self._sources, self._files.read, sections)
+        with self._files.held():
+            return read_stats(self._sources, self._files.read_held, sections)
 
     def close(self) -> None:
         """Close the file descriptors kept for :meth:`stats` (reopened when needed)."""

@@ -101,8 +101,9 @@ class OpenFiles:
     again (a group removed and made again under the same name is a new
     cgroup). Files that are missing are tried again at the next read.
 
-    Thread-safe: one lock, held for a read or a close, so a descriptor is
-    never closed (and its number reused) under a concurrent pread.
+    Thread-safe: one lock, held for a read (or a whole snapshot) or a close,
+    so a descriptor is never closed (and its number reused) under a
+    concurrent pread.
     """
 
     def __init__(self) -> None:
@@ -111,34 +112,42 @@ class OpenFiles:
 
     def read(self, path: str) -> bytes | None:
         with self._lock:
-            fd = self._fds.get(path)
-            if fd is not None:
-                try:
-                    data = os.pread(fd, _READ_SIZE, 0)
-                    if len(data) < _READ_SIZE:
-                        return data
-                except OSError:
-                    pass
-                # Stale (the cgroup is gone) or too large for one read.
-                del self._fds[path]
-                os.close(fd)
-            try:
-                fd = os.open(path, _READ_FLAGS)
-            except OSError as exc:
-                if exc.errno in _ABSENT:
-                    return None
-                raise
+            return self.read_held(path)
+
+    def held(self) -> threading.Lock:
+        """The lock, to hold once around many :meth:`read_held` calls (a whole snapshot)."""
+        return self._lock
+
+    def read_held(self, path: str) -> bytes | None:
+        """:meth:`read`, for a caller that holds :meth:`held`."""
+        fd = self._fds.get(path)
+        if fd is not None:
             try:
                 data = os.pread(fd, _READ_SIZE, 0)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in _ABSENT:
-                    return None
-                raise
-            if len(data) < _READ_SIZE:
-                self._fds[path] = fd
-                return data
+                if len(data) < _READ_SIZE:
+                    return data
+            except OSError:
+                pass
+            # Stale (the cgroup is gone) or too large for one read.
+            del self._fds[path]
             os.close(fd)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError as exc:
+            if exc.errno in _ABSENT:
+                return None
+            raise
+        try:
+            data = os.pread(fd, _READ_SIZE, 0)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _ABSENT:
+                return None
+            raise
+        if len(data) < _READ_SIZE:
+            self._fds[path] = fd
+            return data
+        os.close(fd)
         return read_bytes(path)
 
     def close(self) -> None:

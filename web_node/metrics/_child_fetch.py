@@ -34,9 +34,12 @@ class FetchError(Exception):
         self.reason = reason
 
 
-def request_bytes(accept: str) -> bytes:
-    accept_line = accept.replace("\r", " ").replace("\n", " ")
-    return f"GET /metrics HTTP/1.1\r\nHost: child\r\nAccept: {accept_line}\r\n\r\n".encode("latin-1", "replace")
+def request_bytes(accept: str, headers: Mapping[str, str] | None = None) -> bytes:
+    def clean(text: str) -> str:
+        return text.replace("\r", " ").replace("\n", " ")
+
+    extra = "".join(f"{clean(k)}: {clean(v)}\r\n" for k, v in (headers or {}).items())
+    return f"GET /metrics HTTP/1.1\r\nHost: child\r\nAccept: {clean(accept)}\r\n{extra}\r\n".encode("latin-1", "replace")
 
 
 class ChildConnections:
@@ -115,12 +118,13 @@ class _Pending:
 class ParallelFetch:
     """GET /metrics from many children at once: requests sent now, answers collected by :meth:`finish`."""
 
-    def __init__(self, targets: Mapping[str, str], accept: str, connections: ChildConnections | None = None) -> None:
+    def __init__(self, targets: Mapping[str, str], accept: str, connections: ChildConnections | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.paths = dict(targets)
         self.pages: dict[str, tuple[str, bytes]] = {}  # key -> (content type, body)
         self.errors: dict[str, FetchError] = {}
         self._connections = connections
-        self._request = request_bytes(accept)
+        self._request = request_bytes(accept, headers)
         self._selector = selectors.DefaultSelector()
         for key, path in self.paths.items():
             kept = connections.take(path) if connections is not None else None
@@ -176,7 +180,7 @@ class ParallelFetch:
         eof = False
         try:
             while True:
-                data = p.sock.recv(262144)
+                data = p.sock.recv(65536)  # not more: a larger buffer is allocated whole before being cut to size
                 if not data:
                     eof = True
                     break

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import trio
 
-from web_node.metrics._server import MAX_HEAD_BYTES, REASONS, BadRequest, Request, Response, parse_head
+from web_node.metrics._server import MAX_HEAD_BYTES, REASONS, BadRequest, Request, Response, body_length, parse_head
 
 #: A connection that has sent part of a request and nothing more for this long is dropped.
 CHILD_REQUEST_TIMEOUT_S = 2.0
@@ -102,6 +102,7 @@ class _SocketThread:
         self.stop_fd = stop_fd
         self.poller = select.poll()
         self.conns: dict[int, _Connection] = {}
+        self.partial = 0  # connections holding part of a request: only then are deadlines looked at
         # The node sends the same request head at every scrape: parse each distinct head once.
         self.heads: dict[bytes, tuple[Request, bool]] = {}
 
@@ -111,14 +112,15 @@ class _SocketThread:
         listener_fd = self.listener.fileno()
         try:
             while True:
-                for fd, _ in self.poller.poll(self._timeout_ms()):
+                for fd, _ in self.poller.poll(self._timeout_ms() if self.partial else -1):
                     if fd == self.stop_fd:
                         return
                     if fd == listener_fd:
                         self._accept()
                     elif (conn := self.conns.get(fd)) is not None:
                         self._readable(conn)
-                self._drop_stalled()
+                if self.partial:
+                    self._drop_stalled()
         finally:
             for conn in list(self.conns.values()):
                 conn.sock.close()
@@ -146,6 +148,8 @@ class _SocketThread:
         self.poller.register(sock, select.POLLIN)
 
     def _close(self, conn: _Connection) -> None:
+        if conn.partial_since is not None:
+            self.partial -= 1
         self.conns.pop(conn.sock.fileno(), None)
         self.poller.unregister(conn.sock)
         conn.sock.close()
@@ -186,7 +190,12 @@ class _SocketThread:
             self._close(conn)
             return
         conn.buf = buf
-        conn.partial_since = (conn.partial_since or conn.used) if buf else None
+        if buf and conn.partial_since is None:
+            conn.partial_since = conn.used
+            self.partial += 1
+        elif not buf and conn.partial_since is not None:
+            conn.partial_since = None
+            self.partial -= 1
 
     def _answer(self, conn: _Connection, head: bytes) -> bool:
         """Answer one request; False when the connection is to be closed afterwards."""
@@ -209,14 +218,20 @@ class _SocketThread:
 
     def _send(self, conn: _Connection, method: str, response: Response, *, keep_alive: bool) -> bool:
         """Send the whole answer; False when the peer did not take it within the request timeout."""
+        pieces = [response.body] if isinstance(response.body, bytes) else response.body
         close = "" if keep_alive else "Connection: close\r\n"
         head = (f"HTTP/1.1 {response.status} {REASONS.get(response.status, '')}\r\nContent-Type: {response.content_type}\r\n"
-                f"Content-Length: {len(response.body)}\r\n{close}\r\n").encode("latin-1")
-        out = head if method == "HEAD" else head + response.body
-        sent = conn.sock.send(out)  # a page fits the socket buffer: this is the one call, nearly always
-        if sent == len(out):
+                f"Content-Length: {body_length(pieces)}\r\n{close}\r\n").encode("latin-1")
+        out = [head] if method == "HEAD" else [head, *pieces]
+        total = sum(map(len, out))
+        # One sendmsg gathers the pieces: a page fits the socket buffer, so this is the one call, nearly always.
+        try:
+            sent = conn.sock.sendmsg(out) if len(out) <= _MAX_IOV else conn.sock.send(b"".join(out))
+        except BlockingIOError:
+            sent = 0
+        if sent == total:
             return True
-        view = memoryview(out)[sent:]
+        view = memoryview(b"".join(out))[sent:]
         deadline = time.monotonic() + CHILD_REQUEST_TIMEOUT_S
         waiter = select.poll()
         waiter.register(conn.sock, select.POLLOUT)
@@ -230,3 +245,7 @@ class _SocketThread:
             except BlockingIOError:
                 continue
         return True
+
+
+#: sendmsg takes at most IOV_MAX (1024 on Linux) pieces; more are joined first.
+_MAX_IOV = 512

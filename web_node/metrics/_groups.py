@@ -8,13 +8,14 @@ limit is also left out when the group is unlimited.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
 import cgroups
-from web_node.metrics._exposition import PageWriter, labels
+from web_node.metrics._exposition import PageWriter, format_value, labels
 from web_node.supervisor import GroupSnapshot, GroupState
 
 #: Every state a group can be in, for web_node_group_state (one sample each, 1 for the current one).
@@ -95,36 +96,44 @@ _CGROUP_FAMILIES: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] 
 
 
 def write_group_families(writer: PageWriter, readings: Sequence[GroupReading]) -> None:
-    """The web_node_group_* families of SPEC.md for these groups."""
-    rows = [(labels(group=r.snapshot.name), r) for r in readings]
+    """The web_node_group_* families of SPEC.md for these groups.
+
+    Each family's samples are one comprehension: with 50 groups this is
+    about a thousand samples per scrape, and a call per sample was a tenth
+    of the node's scrape time.
+    """
+    rows = [(_group_labels(r.snapshot.name), r.snapshot, r.stats) for r in readings]
     name = "web_node_group_up"
     writer.family(name, "gauge", _SUPERVISOR_HELP[name])
-    for g, r in rows:
-        writer.sample(name, g, 1 if r.snapshot.up else 0)
+    writer.lines("".join([f"{name}{{{g}}} {1 if snap.up else 0}\n" for g, snap, _ in rows]))
     name = "web_node_group_state"
     writer.family(name, "gauge", _SUPERVISOR_HELP[name])
-    for g, r in rows:
-        for state in GROUP_STATES:
-            writer.sample(name, f'{g},state="{state}"', 1 if r.snapshot.state == state else 0)
+    writer.lines("".join([_state_lines(g, snap.state) for g, snap, _ in rows]))
     name = "web_node_group_restarts_total"
     writer.family(name, "counter", _SUPERVISOR_HELP[name])
-    for g, r in rows:
-        writer.sample(name, g, r.snapshot.restarts)
+    writer.lines("".join([f"{name}{{{g}}} {snap.restarts:d}\n" for g, snap, _ in rows]))
     name = "web_node_group_start_time_seconds"
     writer.family(name, "gauge", _SUPERVISOR_HELP[name])
-    for g, r in rows:
-        if r.snapshot.start_time is not None:
-            writer.sample(name, g, r.snapshot.start_time)
+    writer.lines("".join([f"{name}{{{g}}} {format_value(snap.start_time)}\n"
+                          for g, snap, _ in rows if snap.start_time is not None]))
     for name, kind, help_text, fields in _CGROUP_FAMILIES:
         writer.family(name, kind, help_text)
-        for g, r in rows:
-            stats = r.stats
-            if stats is None:
-                continue
-            for extra, field_name in fields:
-                value = getattr(stats, field_name)
-                if value is not None:
-                    writer.sample(name, f"{g},{extra}" if extra else g, value)
+        for extra, field_name in fields:
+            sep = "," if extra else ""
+            writer.lines("".join([f"{name}{{{g}{sep}{extra}}} {format_value(value)}\n"
+                                  for g, _, stats in rows
+                                  if stats is not None and (value := getattr(stats, field_name)) is not None]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _group_labels(group: str) -> str:
+    return labels(group=group)
+
+
+@functools.lru_cache(maxsize=4096)
+def _state_lines(group_labels: str, current: str) -> str:
+    return "".join(f'web_node_group_state{{{group_labels},state="{state}"}} {1 if state == current else 0}\n'
+                   for state in GROUP_STATES)
 
 
 def write_scrape_errors(writer: PageWriter, groups: Iterable[str], errors: dict[str, int]) -> None:

@@ -39,7 +39,7 @@ class EndpointStats:
 
     ``version`` grows by one after each recorded request, once its count and
     latency are both in: the page writer keeps the endpoint's rendered lines
-    until it changes (see ProcessMetrics.write).
+    until it changes (see ProcessMetrics.blocks).
     """
 
     __slots__ = ("account", "declared", "enabled", "endpoint", "in_flight", "labels", "latency", "member", "rendered",
@@ -56,7 +56,7 @@ class EndpointStats:
         self.latency = Histogram(HTTP_BUCKETS)
         self.requests: dict[tuple[str, str], int] = {}  # (method, code) -> count
         self.version = 0
-        self.rendered: tuple[int, str, str] | None = None  # (version, request count lines, latency lines)
+        self.rendered: tuple[tuple[int, int, bool, float], bytes, bytes, bytes, bytes, bytes] | None = None  # see _endpoint_lines
 
 
 class _Router:

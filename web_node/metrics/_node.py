@@ -27,7 +27,8 @@ import trio
 from web_node.metrics._child_fetch import ChildConnections, FetchError, ParallelFetch
 from web_node.metrics._exposition import PageWriter, is_openmetrics, negotiate
 from web_node.metrics._groups import read_stats, write_group_families, write_scrape_errors
-from web_node.metrics._page import merge_pages
+from web_node.metrics._member_families import BLOCKS_CONTENT_TYPE, BLOCKS_HEADER, FAMILIES_FINGERPRINT, MEMBER_FAMILIES
+from web_node.metrics._page import join_blocks, merge_pages, split_blocks
 from web_node.metrics._server import Request, Response, open_tcp, serve
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ CHILD_TIMEOUT_S = 2.0
 
 log = logging.getLogger("web_node.metrics")
 
+_EOF = b"# EOF\n"
 _INDEX = b"<html><head><title>web-node</title></head><body><a href=\"/metrics\">/metrics</a></body></html>\n"
 
 
@@ -60,34 +62,51 @@ class NodePage:
 
     def _build(self, snaps: list[GroupSnapshot], accept: str) -> tuple[bytes, str]:
         content_type = negotiate(accept)
+        openmetrics = is_openmetrics(content_type)
         children = {s.name: s.metrics_socket for s in snaps if s.up and s.metrics_socket}
         self.connections.keep_only(children.values())
-        fetch = ParallelFetch(children, accept, self.connections)  # every child is asked now and renders meanwhile
+        # Every child is asked now, for the compact form, and renders meanwhile.
+        fetch = ParallelFetch(children, accept, self.connections, {BLOCKS_HEADER: FAMILIES_FINGERPRINT})
         with self._lock:
             readings = read_stats(snaps, self.errors)
         fetch.finish(self.child_timeout_s)
-        pages = []
+        blocks: list[list[bytes]] = []  # per child, in snapshot order: the page is stable from scrape to scrape
+        texts: list[bytes] = []  # what has to be merged family by family: other collectors, plain text answers
         for snap in snaps:
             if snap.name not in children:
                 continue
             page = fetch.pages.get(snap.name)
             error = fetch.errors.get(snap.name)
-            if page is not None and page[0] != content_type:
-                error = FetchError("protocol", f"{children[snap.name]} answered {page[0]!r} where {content_type!r} was asked for")
-            if error is not None or page is None:
-                reason = error.reason if error else "protocol"
-                with self._lock:
-                    self.errors[snap.name] = self.errors.get(snap.name, 0) + 1
-                log.warning("metrics: group %s (pid %s): its member metrics are left out of this scrape (%s: %s); "
-                            "the group's cgroup metrics are still exported", snap.name, snap.pid, reason, error)
-                continue
-            pages.append(page[1])  # in snapshot order, so that the page is stable from scrape to scrape
-        openmetrics = is_openmetrics(content_type)
+            if page is not None and error is None:
+                if page[0] == BLOCKS_CONTENT_TYPE:
+                    parts = split_blocks(page[1])
+                    if parts is not None:
+                        blocks.append(parts)
+                        if parts[-1]:
+                            texts.append(parts[-1])
+                        continue
+                    error = FetchError("protocol", f"{children[snap.name]} answered {BLOCKS_CONTENT_TYPE} without its "
+                                                   f"{len(MEMBER_FAMILIES)} family blocks")
+                elif page[0] == content_type:  # a child of another web-node version: its plain page
+                    texts.append(page[1])
+                    continue
+                else:
+                    error = FetchError("protocol", f"{children[snap.name]} answered {page[0]!r} where {content_type!r} "
+                                                   f"was asked for")
+            reason = error.reason if error else "protocol"
+            with self._lock:
+                self.errors[snap.name] = self.errors.get(snap.name, 0) + 1
+            log.warning("metrics: group %s (pid %s): its member metrics are left out of this scrape (%s: %s); "
+                        "the group's cgroup metrics are still exported", snap.name, snap.pid, reason, error)
         writer = PageWriter(openmetrics=openmetrics)
         write_group_families(writer, readings)
         with self._lock:
             write_scrape_errors(writer, [s.name for s in snaps], self.errors)
-        return merge_pages([writer.text().encode(), *pages], openmetrics=openmetrics), content_type
+        if texts:  # merged family by family (slower, rare): some child sent more than the member families
+            body = join_blocks(blocks, openmetrics=openmetrics, before=writer.text().encode())
+            return merge_pages([body, *texts], openmetrics=openmetrics), content_type
+        return join_blocks(blocks, openmetrics=openmetrics, before=writer.text().encode(),
+                           after=_EOF if openmetrics else b""), content_type
 
     async def handle(self, request: Request) -> Response:
         if request.path == "/":

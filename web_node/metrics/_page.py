@@ -17,7 +17,11 @@ label values, so a line that starts with ``# HELP`` always starts a family.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Sequence
+
+from web_node.metrics._exposition import family_head
+from web_node.metrics._member_families import BLOCK_END, MEMBER_FAMILIES
 
 _HELP = b"# HELP "
 _SPLIT = b"\n# HELP "
@@ -57,3 +61,32 @@ def merge_pages(pages: Iterable[bytes], *, openmetrics: bool) -> bytes:
     if openmetrics:
         out.append(_EOF)
     return b"".join(out)
+
+
+def split_blocks(body: bytes) -> list[bytes] | None:
+    """A child's compact answer (see _member_families): one block per family of MEMBER_FAMILIES and,
+    last, the text of its other collectors; None when it does not have that shape."""
+    parts = body.split(_BLOCK_END, len(MEMBER_FAMILIES))
+    return parts if len(parts) == len(MEMBER_FAMILIES) + 1 else None
+
+
+def join_blocks(children: Sequence[Sequence[bytes]], *, openmetrics: bool, before: bytes = b"", after: bytes = b"") -> bytes:
+    """Each family of MEMBER_FAMILIES once: its HELP/TYPE lines, then every child's block of it, in children's order;
+    between ``before`` and ``after`` (one join: the page is copied once)."""
+    out = [before]
+    for i, (name, kind, help_text, optional) in enumerate(MEMBER_FAMILIES):
+        blocks = [child[i] for child in children]
+        if optional and not any(blocks):
+            continue  # no process accounts task CPU: leave the family out, as a child's own page does
+        out.append(_head(name, kind, help_text, openmetrics))
+        out.extend(blocks)
+    out.append(after)
+    return b"".join(out)
+
+
+_BLOCK_END = BLOCK_END.encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _head(name: str, kind: str, help_text: str, openmetrics: bool) -> bytes:
+    return family_head(name, kind, help_text, openmetrics).encode("utf-8")

@@ -1,7 +1,7 @@
 """Metrics kept inside one group's process: member runs, CPU per member and
 endpoint, and HTTP requests.
 
-One :class:`ProcessMetrics` per process, with its own registry (no
+One :class:`ProcessMetrics` per process, with its own state (no
 import-time globals). The node fetches and merges each child's page at
 scrape time over a unix socket (``serve_socket``).
 
@@ -29,7 +29,6 @@ from collections.abc import Collection
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry
 
 from web_node.members import Member
 from web_node.metrics._accounting import Account, CpuInstrument, task_accounting_wanted
@@ -38,6 +37,7 @@ from web_node.metrics._exposition import PageWriter, format_value, histogram_lin
 from web_node.metrics._groups import IN_PROCESS_GROUP, own_cgroup, read_stats, write_group_families, write_scrape_errors
 from web_node.metrics._histogram import RUN_BUCKETS, Histogram
 from web_node.metrics._http import EndpointStats, MeteredApp, endpoint_table
+from web_node.metrics._member_families import BLOCK_END, BLOCKS_CONTENT_TYPE, BLOCKS_HEADER, FAMILIES_FINGERPRINT, MEMBER_FAMILIES
 from web_node.metrics._server import Request, Response, open_tcp, serve
 from web_node.supervisor import GroupSnapshot, detect_host_layout
 
@@ -54,7 +54,7 @@ class _RunStats:
         self.last_run: float | None = None
         self.duration = Histogram(RUN_BUCKETS)
         self.version = 0
-        self.rendered: tuple[int, str, str, str] | None = None  # (version, runs, last run, duration lines)
+        self.rendered: tuple[int, bytes, bytes, bytes] | None = None  # (version, runs, last run, duration lines)
 
 
 class ProcessMetrics:
@@ -64,9 +64,6 @@ class ProcessMetrics:
     ``0``) switches the per-task CPU instrument; without it the member and
     endpoint CPU families are left out of the page.
 
-    Collectors registered in ``registry`` (prometheus_client's) appear on
-    the page too, before the families kept here.
-
     A scrape renders only what changed since the previous one: each
     endpoint's and each periodic member's lines are kept with the
     ``version`` they were rendered at, so a child whose endpoints were idle
@@ -75,7 +72,6 @@ class ProcessMetrics:
     """
 
     def __init__(self, *, task_accounting: bool | None = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self._enabled: dict[str, int] = {}  # member -> 1 when enabled and running here
         self.task_accounting = task_accounting_wanted() if task_accounting is None else task_accounting
         self.started_at = time.time()
@@ -86,6 +82,7 @@ class ProcessMetrics:
         self._endpoints: dict[str, dict[str, EndpointStats]] = {}  # member -> endpoint -> stats
         self._runs: dict[str, _RunStats] = {}
         self._member_labels: dict[str, str] = {}
+        self._cpu_lines: dict[str, tuple[float, bytes]] = {}  # member -> (CPU seconds, its line)
 
     # ------------------------------------------------------------ runner hooks
 
@@ -161,6 +158,8 @@ class ProcessMetrics:
     def _handle_child_request(self, request: Request) -> Response:
         if request.path != "/metrics":
             return Response(404, b"this socket serves /metrics only\n")
+        if request.headers.get(BLOCKS_HEADER) == FAMILIES_FINGERPRINT:
+            return Response(200, self.render_blocks(), BLOCKS_CONTENT_TYPE)
         body, content_type = self.render(request.headers.get("accept", ""))
         return Response(200, body, content_type)
 
@@ -207,8 +206,8 @@ class ProcessMetrics:
             text = self._member_labels[member] = labels(member=member)
         return text
 
-    def write(self, w: PageWriter) -> None:
-        """Every family of this process, in a fixed order.
+    def blocks(self) -> list[list[bytes]]:
+        """The sample lines of each family of MEMBER_FAMILIES, in its order, as pieces to send as they are.
 
         Called from the metrics socket's thread while the trio thread goes on
         updating the state: every dict is copied (``list(d.items())``, one C
@@ -216,57 +215,62 @@ class ProcessMetrics:
         status code added meanwhile cannot break the iteration. A ``version``
         is read before the state it stands for, so kept lines are never
         older than their version.
+
+        Lines are kept from scrape to scrape and made again only for what
+        changed; they go out as pieces with one ``sendmsg``, never joined.
+        With 50 children scraped in turn their caches are cold, and every
+        line made or copied costs several times what it costs warm
+        (measured in bench/bench_metrics.py).
         """
-        for metric in self.registry.collect():
-            w.metric(metric)
-
-        name = "web_node_member_enabled"
-        w.family(name, "gauge", "1 when the member is enabled and running in this node")
-        for member, on in list(self._enabled.items()):
-            w.sample(name, self._labels_of(member), on)
-
+        labels_of = self._labels_of
+        enabled = "".join([f"web_node_member_enabled{{{labels_of(m)}}} {on:d}\n" for m, on in list(self._enabled.items())])
+        tables = [(member, list(table.values())) for member, table in list(self._endpoints.items())]
+        http = [_endpoint_lines(ep, self.task_accounting) for _, eps in tables for ep in eps]
+        member_cpu: list[bytes] = []
         if self.task_accounting:
-            name = "web_node_member_cpu_seconds_total"
-            w.family(name, "counter", "CPU time spent running the member's own trio tasks (its endpoints' included), "
-                                      "told apart also when members share a process")
-            for member, account in list(self._members.items()):
-                seconds = account.seconds + sum(s.account.seconds for s in list(self._endpoints.get(member, {}).values()))
-                w.sample(name, self._labels_of(member), seconds)
-
+            own = {member: sum([ep.account.seconds for ep in eps]) for member, eps in tables}
+            member_cpu = [self._member_cpu_line(member, account.seconds + own.get(member, 0.0))
+                          for member, account in list(self._members.items())]
         runs = [self._run_lines(member, stats) for member, stats in list(self._runs.items())]
-        w.family("web_node_member_runs_total", "counter", "Runs of a periodic member by outcome (ok, error, skipped_paused)")
-        for text in runs:
-            w.lines(text[1])
-        w.family("web_node_member_last_run_timestamp_seconds", "gauge", "UNIX time the member's last run ended")
-        for text in runs:
-            w.lines(text[2])
-        w.family("web_node_member_run_duration_seconds", "histogram", "How long each run of a periodic member took")
-        for text in runs:
-            w.lines(text[3])
+        _, counts, latency, in_flight, endpoint_on, endpoint_cpu = zip(*http, strict=True) if http else ((),) * 6
+        return [
+            [enabled.encode()],
+            member_cpu,
+            [r[1] for r in runs],
+            [r[2] for r in runs],
+            [r[3] for r in runs],
+            list(counts),
+            list(latency),
+            list(in_flight),
+            list(endpoint_on),
+            list(endpoint_cpu),
+        ]
 
-        tables = [stats for table in list(self._endpoints.values()) for stats in list(table.values())]
-        http = [_endpoint_lines(ep) for ep in tables]
-        w.family("web_node_http_requests_total", "counter", "HTTP requests answered, by endpoint, method and status code")
-        for ep_text in http:
-            w.lines(ep_text[1])
-        w.family("web_node_http_request_duration_seconds", "histogram",
-                 "Time from a request's arrival at the app to the end of its answer")
-        for ep_text in http:
-            w.lines(ep_text[2])
-        # One sample per endpoint that may change at any time: one comprehension each, the cheapest way to write them.
-        w.family("web_node_http_requests_in_flight", "gauge", "Requests being answered right now")
-        w.lines("".join([f"web_node_http_requests_in_flight{{{ep.labels}}} {ep.in_flight:d}\n" for ep in tables]))
-        w.family("web_node_http_endpoint_enabled", "gauge",
-                 "1 for each declared endpoint that is on, 0 when disabled by configuration")
-        w.lines("".join([f"web_node_http_endpoint_enabled{{{ep.labels}}} {1 if ep.enabled else 0}\n"
-                         for ep in tables if ep.declared]))
-        if self.task_accounting:
-            w.family("web_node_endpoint_cpu_seconds_total", "counter",
-                     "CPU time spent running the tasks that answer the endpoint's requests")
-            w.lines("".join([f"web_node_endpoint_cpu_seconds_total{{{ep.labels}}} {format_value(ep.account.seconds)}\n"
-                             for ep in tables]))
+    def write(self, w: PageWriter) -> None:
+        """Every family of this process, in MEMBER_FAMILIES' order."""
+        for (name, kind, help_text, optional), pieces in zip(MEMBER_FAMILIES, self.blocks(), strict=True):
+            if optional and not self.task_accounting:
+                continue  # no task accounting: no CPU families at all, rather than empty ones
+            w.family(name, kind, help_text)
+            w.lines(b"".join(pieces).decode("utf-8"))
 
-    def _run_lines(self, member: str, runs: _RunStats) -> tuple[int, str, str, str]:
+    def render_blocks(self) -> list[bytes]:
+        """The compact form the node fetches (see _member_families), as pieces."""
+        out: list[bytes] = []
+        for pieces in self.blocks():
+            out.extend(pieces)
+            out.append(_BLOCK_END)
+        return out
+
+    def _member_cpu_line(self, member: str, seconds: float) -> bytes:
+        kept = self._cpu_lines.get(member)
+        if kept is not None and kept[0] == seconds:
+            return kept[1]
+        line = f"web_node_member_cpu_seconds_total{{{self._labels_of(member)}}} {format_value(seconds)}\n".encode()
+        self._cpu_lines[member] = (seconds, line)
+        return line
+
+    def _run_lines(self, member: str, runs: _RunStats) -> tuple[int, bytes, bytes, bytes]:
         """The sample lines of one periodic member's run families, rendered again only when a run was recorded."""
         version = runs.version
         kept = runs.rendered
@@ -278,21 +282,33 @@ class ProcessMetrics:
         last = "" if runs.last_run is None else sample_line("web_node_member_last_run_timestamp_seconds", m, runs.last_run)
         d = runs.duration
         duration = histogram_lines("web_node_member_run_duration_seconds", m, d.les, d.cumulative(), d.sum)
-        runs.rendered = kept = (version, outcomes, last, duration)
+        runs.rendered = kept = (version, outcomes.encode(), last.encode(), duration.encode())
         return kept
 
 
-def _endpoint_lines(ep: EndpointStats) -> tuple[int, str, str]:
-    """One endpoint's request count and latency lines, rendered again only when a request was recorded."""
-    version = ep.version
+_BLOCK_END = BLOCK_END.encode()
+
+
+def _endpoint_lines(ep: EndpointStats, task_accounting: bool) -> tuple[tuple[int, int, bool, float], bytes, bytes, bytes, bytes, bytes]:
+    """One endpoint's lines of each http family: (key, counts, latency, in flight, enabled, CPU), made again only
+    when the key (request version, in flight, enabled, CPU seconds) changed."""
+    key = (ep.version, ep.in_flight, ep.enabled, ep.account.seconds)
     kept = ep.rendered
-    if kept is not None and kept[0] == version:
+    if kept is not None and kept[0] == key:
         return kept
-    counts = "".join(sample_line("web_node_http_requests_total", f'{ep.labels},method="{method}",code="{code}"', n)
-                     for (method, code), n in list(ep.requests.items()))
-    lat = ep.latency
-    latency = histogram_lines("web_node_http_request_duration_seconds", ep.labels, lat.les, lat.cumulative(), lat.sum)
-    ep.rendered = kept = (version, counts, latency)
+    old = kept if kept is not None and kept[0][0] == key[0] else None
+    if old is not None:  # no request since: the counts and the histogram are as they were
+        counts, latency = old[1], old[2]
+    else:
+        counts = "".join(sample_line("web_node_http_requests_total", f'{ep.labels},method="{method}",code="{code}"', n)
+                         for (method, code), n in list(ep.requests.items())).encode()
+        lat = ep.latency
+        latency = histogram_lines("web_node_http_request_duration_seconds", ep.labels, lat.les, lat.cumulative(),
+                                  lat.sum).encode()
+    in_flight = f"web_node_http_requests_in_flight{{{ep.labels}}} {key[1]:d}\n".encode()
+    endpoint_on = f"web_node_http_endpoint_enabled{{{ep.labels}}} {1 if key[2] else 0}\n".encode() if ep.declared else b""
+    cpu = f"web_node_endpoint_cpu_seconds_total{{{ep.labels}}} {format_value(key[3])}\n".encode() if task_accounting else b""
+    ep.rendered = kept = (key, counts, latency, in_flight, endpoint_on, cpu)
     return kept
 
 

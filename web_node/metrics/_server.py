@@ -38,7 +38,7 @@ class Request:
 @dataclass(frozen=True)
 class Response:
     status: int
-    body: bytes
+    body: bytes | list[bytes]  # pieces: sent as they are, without joining them first (see _child_socket)
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
@@ -173,11 +173,16 @@ def parse_head(head: bytes) -> tuple[Request, bool]:
 async def _send(stream: trio.SocketStream, method: str, response: Response, *, close: bool) -> None:
     reason = REASONS.get(response.status, "")
     head = [f"HTTP/1.1 {response.status} {reason}", f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}"]
+            f"Content-Length: {body_length(response.body)}"]
     if response.status == 405:
         head.append("Allow: GET, HEAD")
     head.extend(f"{k}: {v}" for k, v in response.headers)
     if close:
         head.append("Connection: close")
     data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-    await stream.send_all(data if method == "HEAD" else data + response.body)
+    body = response.body if isinstance(response.body, bytes) else b"".join(response.body)
+    await stream.send_all(data if method == "HEAD" else data + body)
+
+
+def body_length(body: bytes | list[bytes]) -> int:
+    return len(body) if isinstance(body, bytes) else sum(map(len, body))

@@ -144,7 +144,7 @@ class ProcessMetrics:
         return writer.finish(), content_type
 
     async def serve_socket(self, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve this process's page on a unix socket for the node (mode 0600; see _server for the protocol)."""
+        """Serve this process's page on a unix socket for the node (mode 0600; see _child_socket for the protocol)."""
         listener = await open_unix(path)
         try:
             await serve_unix(listener, self._handle_child_request, task_status=task_status)

@@ -83,9 +83,11 @@ async def test_scheduler_does_not_queue_behind_a_pending_build(store: AsyncStore
     await store.set_pipeline("p", {}, [job("often", every=1)])
     ctx = make_ctx("scheduler")
     await scheduler.tick(ctx)
-    await store.mark_triggered("p", "often", time.time() - 10)  # due again, but its build still waits
+    due_since = time.time() - 10
+    await store.mark_triggered("p", "often", due_since)  # due again, but its build still waits
     await scheduler.tick(ctx)
     assert len(await store.list_builds()) == 1
+    assert (await store.get_job("p", "often")).last_triggered_at == due_since  # not marked: still due
     await store.claim_pending_build("w1", time.time())  # a worker took it: the next trigger queues a new one
     await scheduler.tick(ctx)
     assert [b.status for b in await store.list_builds()] == ["pending", "started"]

@@ -118,7 +118,13 @@ class _SocketThread:
                     if fd == listener_fd:
                         self._accept()
                     elif (conn := self.conns.get(fd)) is not None:
-                        self._readable(conn)
+                        try:
+                            self._readable(conn)
+                        except Exception as e:  # the thread must live on for the next scrape
+                            log.error("metrics socket: answering a connection failed: %s: %s; it is closed",
+                                      type(e).__name__, e, exc_info=e)
+                            if conn.sock.fileno() in self.conns:
+                                self._close(conn)
                 if self.partial:
                     self._drop_stalled()
         finally:

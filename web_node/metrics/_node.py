@@ -3,13 +3,16 @@
 On each GET /metrics:
 
 1. the supervisor's snapshot of every group;
-2. each up child is asked for its own page over its unix socket (a
-   connection kept open from scrape to scrape), all at once, with a short timeout (a dead or slow child is left out of this
-   scrape, counted in ``web_node_scrape_errors_total{group}`` and logged);
+2. each up child is asked for its members' families over its unix socket
+   (a connection kept open from scrape to scrape), all at once, with a
+   short timeout (a dead or slow child is left out of this scrape, counted
+   in ``web_node_scrape_errors_total{group}`` and logged);
 3. while the children render, each group's cgroup files are read;
-4. the node's group families and the children's pages are merged into one
-   page, in the format the scraper asked for (``Accept``; the children are
-   asked for the same one).
+4. the node's group families and the children's blocks are joined into one
+   page, in the format the scraper asked for (``Accept``): the children
+   answer in a compact form (see _member_families) and the node writes each
+   family's HELP/TYPE lines once; a child that answers plain text (another
+   web-node version) is merged family by family.
 
 Steps 2-4 run in one worker thread: the node's trio loop (supervision,
 signals) never waits for a scrape.

@@ -92,6 +92,9 @@ class AsyncStore:
     async def mark_triggered(self, pipeline: str, job: str, at: float) -> None:
         await self._call(self.store.mark_triggered, pipeline, job, at)
 
+    async def trigger_due_job(self, pipeline: str, job: str, now: float) -> Build | None:
+        return await self._call(self.store.trigger_due_job, pipeline, job, now)
+
     # builds
 
     async def create_build(self, pipeline: str, job: str, trigger: str, now: float) -> Build:

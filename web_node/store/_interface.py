@@ -157,6 +157,9 @@ class Store(Protocol):
     def list_all_jobs(self, pipeline: str | None = None) -> list[JobSummary]: ...  # every job (of one pipeline), with its latest build
     def jobs_due(self, now: float) -> list[Job]: ...  # trigger_every_s set and elapsed since last trigger (or never)
     def mark_triggered(self, pipeline: str, job: str, at: float) -> None: ...
+    # trigger_due_job: in one transaction, if the job is due and its newest build is not pending, mark it
+    # triggered and create a build (trigger "scheduler"); else None, nothing changed. One winner per race.
+    def trigger_due_job(self, pipeline: str, job: str, now: float) -> Build | None: ...
 
     # builds
     def create_build(self, pipeline: str, job: str, trigger: str, now: float) -> Build: ...

@@ -369,24 +369,61 @@ class SqlStore(ABC):
 
         self._run(write, write=True)
 
+    def trigger_due_job(self, pipeline: str, job: str, now: float) -> Build | None:
+        """If the job is due at ``now``, mark it triggered and create its build (trigger ``scheduler``), atomically.
+
+        None, with nothing changed, when the job is not due (any more), is gone,
+        or its newest build is still pending (no piling up behind a slow worker).
+        Of several callers racing for one due job, in any processes, exactly one
+        gets the build: the UPDATE is a compare-and-set on ``last_triggered_at``,
+        and on PostgreSQL its row lock makes a concurrent caller re-check the
+        condition after the winner commits, and find the job no longer due.
+        """
+
+        def write(tx: Tx) -> Build | None:
+            # Checked before the UPDATE, so a job waiting behind a pending build
+            # keeps its last_triggered_at and stays due.
+            latest = tx.rows(
+                "SELECT status FROM builds WHERE pipeline = ? AND job = ? ORDER BY id DESC LIMIT 1", (pipeline, job)
+            )
+            if latest and latest[0][0] == "pending":
+                return None
+            claimed = tx.execute(
+                "UPDATE jobs SET last_triggered_at = ? WHERE pipeline = ? AND name = ? "
+                "AND trigger_every_s IS NOT NULL "
+                "AND (last_triggered_at IS NULL OR last_triggered_at + trigger_every_s <= ?)",
+                (now, pipeline, job, now),
+            )
+            if claimed == 0:
+                return None
+            return self._insert_build(tx, pipeline, job, "scheduler", now)
+
+        return self._run(write, write=True)
+
     # -- builds -----------------------------------------------------------------
 
     def create_build(self, pipeline: str, job: str, trigger: str, now: float) -> Build:
         """A new pending build of the job, with the job's current steps and timeout copied into it."""
 
         def write(tx: Tx) -> Build:
-            rows = tx.rows(
-                "INSERT INTO builds (pipeline, job, status, created_at, triggered_by, timeout_s, steps) "
-                "SELECT pipeline, name, 'pending', CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT), timeout_s, steps "
-                "FROM jobs WHERE pipeline = ? AND name = ? "
-                f"RETURNING {BUILD_COLUMNS}",
-                (now, trigger, pipeline, job),
-            )
-            if not rows:
+            build = self._insert_build(tx, pipeline, job, trigger, now)
+            if build is None:
                 raise self._job_not_found(tx, pipeline, job)
-            return _build(rows[0])
+            return build
 
         return self._run(write, write=True)
+
+    @staticmethod
+    def _insert_build(tx: Tx, pipeline: str, job: str, trigger: str, now: float) -> Build | None:
+        """Insert a pending build of the job (its steps and timeout copied); None if there is no such job."""
+        rows = tx.rows(
+            "INSERT INTO builds (pipeline, job, status, created_at, triggered_by, timeout_s, steps) "
+            "SELECT pipeline, name, 'pending', CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT), timeout_s, steps "
+            "FROM jobs WHERE pipeline = ? AND name = ? "
+            f"RETURNING {BUILD_COLUMNS}",
+            (now, trigger, pipeline, job),
+        )
+        return _build(rows[0]) if rows else None
 
     def get_build(self, build_id: int) -> Build:
         def read(tx: Tx) -> Build:

@@ -176,7 +176,8 @@ class ParallelFetch:
             selector.close()
 
     def _readable(self, p: _Pending) -> None:
-        # Read until the socket is empty: the whole answer is usually there already.
+        # Read until the answer is complete or the socket is empty: the whole answer is usually there already,
+        # and is then had with one recv (no second one to meet EAGAIN).
         eof = False
         try:
             while True:
@@ -186,6 +187,10 @@ class ParallelFetch:
                     break
                 p.chunks.append(data)
                 p.received += len(data)
+                if p.length is None:
+                    p.length = _answer_length(p)
+                if p.length is not None and p.received >= p.length:
+                    break
         except BlockingIOError:
             pass
         except OSError as e:
@@ -249,8 +254,17 @@ def _answer_length(p: _Pending) -> int | None:
         return None
 
 
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: "
+
+
 def _parse_answer(path: str, data: bytes, length: int | None) -> tuple[str, bytes, bool]:
     """(content type, body, the child closes the connection) of a whole answer; raises FetchError."""
+    end = data.find(b"\r\n\r\n")
+    if data.startswith(_OK_HEAD) and length == len(data) and end > 0:
+        # What every child of this version sends (see _child_socket): no need to parse the rest of the head.
+        type_end = data.find(b"\r\n", len(_OK_HEAD))
+        close = data.find(b"\r\nConnection: close\r\n", type_end, end + 2) >= 0
+        return data[len(_OK_HEAD):type_end].decode("latin-1"), data[end + 4:], close
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         raise FetchError("protocol", f"{path} answered {len(data)} bytes without an HTTP head")

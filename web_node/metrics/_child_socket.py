@@ -195,10 +195,13 @@ class _SocketThread:
         if len(buf) > MAX_HEAD_BYTES:
             self._close(conn)
             return
+        answered = len(buf) < len(conn.buf) + len(data)
         conn.buf = buf
         if buf and conn.partial_since is None:
             conn.partial_since = conn.used
             self.partial += 1
+        elif buf and answered:
+            conn.partial_since = conn.used  # what is left is the start of the next request: timed from now
         elif not buf and conn.partial_since is not None:
             conn.partial_since = None
             self.partial -= 1

@@ -72,6 +72,9 @@ class CpuInstrument(trio.abc.Instrument):
         self._var = var
         self._clock = time.thread_time
         self._last = self._clock()
+        #: Task steps so far. Metrics state only changes in task steps, so a page made while this
+        #: stood at N is still right while it does (see ProcessMetrics.render_blocks).
+        self.steps = 0
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         now = self._clock()
@@ -81,3 +84,4 @@ class CpuInstrument(trio.abc.Instrument):
         if account is not None:
             account.seconds += now - self._last
         self._last = now
+        self.steps += 1  # last: a page made before this reads the old count, and is made again

@@ -16,7 +16,7 @@ connection closed (a late answer must not be read as the next one's).
 from __future__ import annotations
 
 import errno
-import selectors
+import select
 import socket
 import threading
 import time
@@ -99,6 +99,9 @@ def _connect(path: str) -> socket.socket:
     return sock
 
 
+_ONE_READ = select.EPOLLIN | select.EPOLLONESHOT
+
+
 class _Pending:
     """One child's answer being read."""
 
@@ -125,7 +128,11 @@ class ParallelFetch:
         self.errors: dict[str, FetchError] = {}
         self._connections = connections
         self._request = request_bytes(accept, headers)
-        self._selector = selectors.DefaultSelector()
+        # epoll itself, one-shot: an answer had whole with one recv needs no unregistering (closing
+        # the epoll drops what is left); a partial one is re-armed. selectors' bookkeeping per socket
+        # cost more than the system calls with 50 children.
+        self._epoll = select.epoll()
+        self._pending: dict[int, _Pending] = {}
         for key, path in self.paths.items():
             kept = connections.take(path) if connections is not None else None
             self._ask(key, path, kept)
@@ -150,7 +157,8 @@ class ParallelFetch:
             # EAGAIN on connect: the child's listen backlog is full, it does not accept.
             self.errors[key] = FetchError("connect", f"cannot connect to {path}: {e.strerror or e}")
             return
-        self._selector.register(sock, selectors.EVENT_READ, _Pending(key, path, sock, reused=sock is kept, retried=retried))
+        self._pending[sock.fileno()] = _Pending(key, path, sock, reused=sock is kept, retried=retried)
+        self._epoll.register(sock.fileno(), _ONE_READ)
 
     def _send(self, sock: socket.socket) -> None:
         if sock.send(self._request) != len(self._request):  # a unix socket takes a small request at once
@@ -158,22 +166,23 @@ class ParallelFetch:
 
     def finish(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        selector = self._selector
+        pending = self._pending
         try:
-            while selector.get_map():
+            while pending:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                for sel_key, _ in selector.select(remaining):
-                    self._readable(sel_key.data)
-            for sel_key in list(selector.get_map().values()):
-                pending: _Pending = sel_key.data
-                self.errors[pending.key] = FetchError(
-                    "timeout", f"no complete answer from {pending.path} within {timeout_s:g} s")
+                for fd, _ in self._epoll.poll(remaining):
+                    p = pending.get(fd)
+                    if p is not None:
+                        self._readable(p)
+            for p in pending.values():
+                self.errors[p.key] = FetchError("timeout", f"no complete answer from {p.path} within {timeout_s:g} s")
         finally:
-            for sel_key in list(selector.get_map().values()):
-                sel_key.fileobj.close()  # type: ignore[union-attr]
-            selector.close()
+            for p in pending.values():
+                p.sock.close()
+            pending.clear()
+            self._epoll.close()
 
     def _readable(self, p: _Pending) -> None:
         # Read until the answer is complete or the socket is empty: the whole answer is usually there already,
@@ -202,26 +211,32 @@ class ParallelFetch:
             p.length = _answer_length(p)
         if p.length is not None and p.received >= p.length:
             self._done(p, keep=not eof)
-        elif eof:
+        elif not eof:
+            self._epoll.modify(p.sock.fileno(), _ONE_READ)  # more to come: wait for it
+        else:
             if p.received and p.length is None:
                 self._done(p, keep=False)  # an answer without Content-Length ends at EOF
                 return
             if p.reused and not p.received and not p.retried:
                 # The kept connection was closed by the child (restarted, or it had too many): ask anew, once.
-                self._selector.unregister(p.sock)
+                self._forget(p)
                 p.sock.close()
                 self._ask(p.key, p.path, None, retried=True)
                 return
             self._fail(p, FetchError("protocol", f"{p.path} closed the connection after {p.received} bytes"
                                                  + ("" if p.length is None else f" of {p.length}")))
 
+    def _forget(self, p: _Pending) -> None:
+        del self._pending[p.sock.fileno()]
+        self._epoll.unregister(p.sock.fileno())  # before its number can be reused by a new connection
+
     def _fail(self, p: _Pending, error: FetchError) -> None:
-        self._selector.unregister(p.sock)
+        self._forget(p)
         p.sock.close()
         self.errors[p.key] = error
 
     def _done(self, p: _Pending, *, keep: bool) -> None:
-        self._selector.unregister(p.sock)
+        del self._pending[p.sock.fileno()]  # one-shot: no more events for it from this epoll
         data = b"".join(p.chunks)
         try:
             content_type, body, close = _parse_answer(p.path, data, p.length)

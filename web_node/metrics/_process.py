@@ -83,6 +83,7 @@ class ProcessMetrics:
         self._runs: dict[str, _RunStats] = {}
         self._member_labels: dict[str, str] = {}
         self._cpu_lines: dict[str, tuple[float, bytes]] = {}  # member -> (CPU seconds, its line)
+        self._last_page: tuple[int, list[bytes]] | None = None  # (task steps when made, pieces): see render_blocks
 
     # ------------------------------------------------------------ runner hooks
 
@@ -103,6 +104,7 @@ class ProcessMetrics:
     def set_member_enabled(self, member: str, enabled: bool = True) -> None:
         """``web_node_member_enabled`` of a member running in this process (the runner sets it)."""
         self._enabled[member] = 1 if enabled else 0
+        self._last_page = None  # may be called outside a task step (the runner, before members start)
 
     def enter_member(self, member: str) -> None:
         """Mark the current task (and its future children) as the member's."""
@@ -115,6 +117,7 @@ class ProcessMetrics:
         configuration (``web_node_http_endpoint_enabled`` 0).
         """
         self._member_account(member.name)
+        self._last_page = None
         table = self._endpoints.get(member.name)
         if table is None:
             table = self._endpoints[member.name] = endpoint_table(member, disabled_endpoints)
@@ -133,6 +136,7 @@ class ProcessMetrics:
             stats.last_run = ended_at
             stats.duration.observe(duration_s)
         stats.version += 1  # last, as in EndpointStats
+        self._last_page = None  # may be called outside a task step
 
     # ------------------------------------------------------------ pages
 
@@ -255,11 +259,24 @@ class ProcessMetrics:
             w.lines(b"".join(pieces).decode("utf-8"))
 
     def render_blocks(self) -> list[bytes]:
-        """The compact form the node fetches (see _member_families), as pieces."""
+        """The compact form the node fetches (see _member_families), as pieces.
+
+        A process whose trio loop ran no task step since the previous scrape
+        (an idle group: a periodic member between two runs, an http member
+        nobody calls) answers with the same pieces again: every change to
+        the state it shows happens in a task step, and the CPU instrument
+        counts them. Without task accounting the page is made every time.
+        """
+        steps = self._instrument.steps if self._installed else None
+        kept = self._last_page
+        if steps is not None and kept is not None and kept[0] == steps:
+            return kept[1]
         out: list[bytes] = []
         for pieces in self.blocks():
             out.extend(pieces)
             out.append(_BLOCK_END)
+        if steps is not None:
+            self._last_page = (steps, out)
         return out
 
     def _member_cpu_line(self, member: str, seconds: float) -> bytes:

@@ -655,3 +655,27 @@ async def test_child_times_a_pipelined_half_request_from_its_own_start(tmp_path:
     assert second is not None and second.status == 200, (
         f"the child dropped a request begun {short_request_timeout * 0.4:.2f} s earlier, "
         f"with a timeout of {short_request_timeout} s")
+
+
+async def test_an_idle_child_answers_with_its_last_page_until_a_task_step_or_a_change() -> None:
+    metrics = ProcessMetrics(task_accounting=True)
+    metrics.install_instrument()
+    try:
+        metrics.enter_member("gc")
+        metrics.set_member_enabled("gc")
+        metrics.record_run("gc", "ok", 1_700_000_000.0, 0.02)
+        await trio.lowlevel.checkpoint()
+        first = metrics.render_blocks()
+        assert metrics.render_blocks() is first, "no task step ran: the same pieces are sent again"
+        await trio.lowlevel.checkpoint()  # a task step: its CPU is charged to gc, the page is made again
+        second = metrics.render_blocks()
+        assert second is not first
+        metrics.record_run("gc", "error", 1_700_000_060.0, 0.5)  # a change outside a task step
+        third = b"".join(metrics.render_blocks())
+        assert b'web_node_member_runs_total{member="gc",outcome="error"} 1\n' in third
+        assert b'web_node_member_last_run_timestamp_seconds{member="gc"} 1700000060.0\n' in third
+    finally:
+        metrics.uninstall_instrument()
+    without = ProcessMetrics(task_accounting=False)
+    without.set_member_enabled("gc")
+    assert without.render_blocks() is not without.render_blocks(), "without task accounting every page is made anew"

@@ -8,17 +8,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import cgroups
 from cgroups import STATS_SECTIONS, Cgroup, CgroupTree, Stats
 
 if TYPE_CHECKING:
@@ -186,87 +182,16 @@ sys.stdin.read()
 """
 
 
-def _real_kernel_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: it creates cgroups below this process's own"
-    layout = cgroups.detect_layout()
-    if layout.kind == "none" or not layout.writable:
-        return "cgroups are not writable here: " + " ".join(layout.problems)
-    return None
-
-
-def _force_remove(d: str) -> None:
-    """Last resort: kill what is left below ``d`` and remove its directories deepest first."""
-    for root, _dirs, _files in os.walk(d, topdown=False):
-        for _ in range(100):
-            try:
-                pids = [int(p) for p in Path(root, "cgroup.procs").read_text().split()]
-            except OSError:
-                pids = []
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-        try:
-            os.rmdir(root)
-        except OSError:
-            pass
-
-
-@pytest.fixture
-def sections_tree() -> Iterator[CgroupTree]:
-    reason = _real_kernel_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    tree = CgroupTree(cgroups.detect_layout(), f"web-node-test-sections-{os.getpid()}")
-    try:
-        tree.create()
-        yield tree
-    finally:
-        try:
-            tree.destroy()
-        finally:
-            for d in tree.paths().values():
-                _force_remove(d)
-            left = [d for d in tree.paths().values() if os.path.exists(d)]
-            assert not left, f"test cgroups left behind: {left}"
-
-
-@pytest.fixture
-def start_child() -> Iterator[Callable[[list[str]], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(argv: list[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        started.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-
-
 def _close(a: float | None, b: float | None, tolerance: float) -> bool:
     return a is not None and b is not None and abs(a - b) <= tolerance
 
 
 @pytest.mark.real_kernel
 def test_real_kernel_metrics_sections_agree_with_a_full_snapshot(
-        sections_tree: CgroupTree, start_child: Callable[[list[str]], subprocess.Popen[bytes]]) -> None:
-    group = sections_tree.leaf("api")
+        real_tree: CgroupTree, spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    group = real_tree.leaf("api")
     group.create()
-    proc = start_child(group.placement_argv([sys.executable, "-c", CHILD, "20"]))
+    proc = spawn(group.placement_argv([sys.executable, "-c", CHILD, "20"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"ready\n", f"the child did not start (exit status {proc.poll()})"
     assert group.pids() == [proc.pid]
@@ -300,4 +225,4 @@ def test_real_kernel_metrics_sections_agree_with_a_full_snapshot(
         assert (a is None) == (b is None), name
         if a is not None:
             assert _close(a, b, 0.05), (name, a, b)
-    assert (part.pressure_cpu_some_seconds is not None) == (sections_tree.layout.unified_mount is not None)
+    assert (part.pressure_cpu_some_seconds is not None) == (real_tree.layout.unified_mount is not None)

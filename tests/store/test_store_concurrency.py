@@ -9,12 +9,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 import pytest
+from store_helpers import race
 
 from web_node.errors import StoreError
 from web_node.store import Build, JobConfig, StepConfig, Store, open_store
@@ -31,29 +32,6 @@ def open_sql(database: str, data_dir: Path) -> SqlStore:
     store = open_store(database, str(data_dir))
     assert isinstance(store, SqlStore)
     return store
-
-
-def race(n: int, work: Callable[[int], T]) -> list[T]:
-    """Run ``work(i)`` in ``n`` threads released at the same instant; re-raise the first failure."""
-    barrier = threading.Barrier(n)
-    results: dict[int, T] = {}
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return [results[i] for i in range(n)]
 
 
 def test_claim_is_atomic_across_connections(store: Store, database: str, tmp_path: Path) -> None:

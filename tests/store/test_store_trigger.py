@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+
+from store_helpers import race
 
 from web_node.store import JobConfig, StepConfig, Store, open_store
 from web_node.store._sql import SqlStore
 
-T = TypeVar("T")
-
 T0 = 1_700_000_000.0
 EVERY = 60.0
-
-
-def race(n: int, work: Callable[[int], T]) -> list[T]:
-    """Run ``work(i)`` in ``n`` threads released at the same instant; re-raise the first failure."""
-    barrier = threading.Barrier(n)
-    results: dict[int, T] = {}
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise errors[0]
-    return [results[i] for i in range(n)]
 
 
 def setup_job(store: Store, every: float | None = EVERY) -> None:

@@ -86,8 +86,8 @@ SECTIONS = frozenset({"memory", "memory_detail", "cpu", "pressure", "pids", "io"
 
 def read_stats(src: Sources, read: Reader = read_bytes, sections: frozenset[str] = SECTIONS) -> Stats:
     """Read ``sections`` once; missing files and sections not asked for give ``None`` fields."""
-    unknown = sections - SECTIONS
-    if unknown:
+    if not sections <= SECTIONS:
+        unknown = sections - SECTIONS
         raise ValueError(f"unknown stats sections {sorted(unknown)}; known: {sorted(SECTIONS)}")
     values: dict[str, Any] = {}
     unified = src.unified

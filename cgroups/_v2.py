@@ -18,7 +18,6 @@ from ._files import (
     parse_io_stat,
     pressure_totals,
     read_bytes,
-    read_flat_keyed,
     read_int,
     write_text,
 )
@@ -116,8 +115,7 @@ def memory_limit_bytes(d: str) -> int | None:
 
 
 def oom_kill_count(d: str) -> int | None:
-    events = read_flat_keyed(d + "/memory.events")
-    return None if events is None else events.get("oom_kill")
+    return keyed_int(read_bytes(d + "/memory.events"), b"oom_kill")
 
 
 # -- limits ------------------------------------------------------------------

@@ -22,6 +22,8 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 
+import trio
+
 #: errnos of a kept connection whose child is gone: connect anew and ask again.
 _STALE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ECONNREFUSED})
 
@@ -301,8 +303,6 @@ def _parse_answer(path: str, data: bytes, length: int | None) -> tuple[str, byte
 
 async def fetch_unix(path: str, accept: str, timeout_s: float) -> tuple[str, bytes]:
     """GET /metrics from one child's socket on a new connection: (content type, body); raises FetchError."""
-    import trio
-
     def fetch() -> ParallelFetch:
         f = ParallelFetch({"child": path}, accept)
         f.finish(timeout_s)

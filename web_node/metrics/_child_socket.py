@@ -169,25 +169,19 @@ class _SocketThread:
     def _readable(self, conn: _Connection) -> None:
         try:
             data = conn.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError as e:
-            if e.errno not in (errno.ECONNRESET, errno.EPIPE):
-                log.warning("metrics socket: connection error: %s", e)
-            self._close(conn)
-            return
-        if not data:
-            self._close(conn)
-            return
-        conn.used = time.monotonic()
-        buf = conn.buf + data if conn.buf else data
-        try:
+            if not data:
+                self._close(conn)
+                return
+            conn.used = time.monotonic()
+            buf = conn.buf + data if conn.buf else data
             while (end := buf.find(b"\r\n\r\n")) >= 0:
                 head, buf = buf[:end], buf[end + 4:]
                 if not self._answer(conn, head):
                     self._close(conn)
                     return
-        except OSError as e:
+        except BlockingIOError:
+            return
+        except OSError as e:  # the peer went away (the node restarted, curl was interrupted)
             if e.errno not in (errno.ECONNRESET, errno.EPIPE):
                 log.warning("metrics socket: connection error: %s", e)
             self._close(conn)

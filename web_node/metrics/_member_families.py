@@ -3,9 +3,8 @@
 A child's page for a person (curl on its socket, ``--in-process``) is the
 usual exposition text. The node asks for a compact form instead, because it
 merges 50 such pages per scrape: each family's sample lines in the order of
-:data:`MEMBER_FAMILIES`, each block followed by a ``#`` line, and after the
-last one the families of other collectors (standard exposition text, merged
-the usual way). The node writes the HELP/TYPE lines itself, so merging is a
+:data:`MEMBER_FAMILIES`, each block followed by a ``#`` line, nothing after
+the last one. The node writes the HELP/TYPE lines itself, so merging is a
 split and an append per family, not a parse of every page.
 
 A ``#`` line cannot be part of a block: a sample line ends with its value,

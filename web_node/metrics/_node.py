@@ -74,7 +74,7 @@ class NodePage:
             readings = read_stats(snaps, self.errors)
         fetch.finish(self.child_timeout_s)
         blocks: list[list[bytes]] = []  # per child, in snapshot order: the page is stable from scrape to scrape
-        texts: list[bytes] = []  # what has to be merged family by family: other collectors, plain text answers
+        texts: list[bytes] = []  # plain text answers (a child of another version): merged family by family
         for snap in snaps:
             if snap.name not in children:
                 continue
@@ -85,11 +85,9 @@ class NodePage:
                     parts = split_blocks(page[1])
                     if parts is not None:
                         blocks.append(parts)
-                        if parts[-1]:
-                            texts.append(parts[-1])
                         continue
                     error = FetchError("protocol", f"{children[snap.name]} answered {BLOCKS_CONTENT_TYPE} without its "
-                                                   f"{len(MEMBER_FAMILIES)} family blocks")
+                                                   f"{len(MEMBER_FAMILIES)} family blocks and nothing after them")
                 elif page[0] == content_type:  # a child of another web-node version: its plain page
                     texts.append(page[1])
                     continue
@@ -100,12 +98,14 @@ class NodePage:
             with self._lock:
                 self.errors[snap.name] = self.errors.get(snap.name, 0) + 1
             log.warning("metrics: group %s (pid %s): its member metrics are left out of this scrape (%s: %s); "
-                        "the group's cgroup metrics are still exported", snap.name, snap.pid, reason, error)
+                        "the group's cgroup metrics are still exported. Counted in web_node_scrape_errors_total; "
+                        "if it lasts, look at the group's own log lines and `web-node status`",
+                        snap.name, snap.pid, reason, error)
         writer = PageWriter(openmetrics=openmetrics)
         write_group_families(writer, readings)
         with self._lock:
             write_scrape_errors(writer, [s.name for s in snaps], self.errors)
-        if texts:  # merged family by family (slower, rare): some child sent more than the member families
+        if texts:  # merged family by family (slower, rare): a child of another version answered plain text
             body = join_blocks(blocks, openmetrics=openmetrics, before=writer.text().encode())
             return merge_pages([body, *texts], openmetrics=openmetrics), content_type
         return join_blocks(blocks, openmetrics=openmetrics, before=writer.text().encode(),

@@ -64,10 +64,10 @@ def merge_pages(pages: Iterable[bytes], *, openmetrics: bool) -> bytes:
 
 
 def split_blocks(body: bytes) -> list[bytes] | None:
-    """A child's compact answer (see _member_families): one block per family of MEMBER_FAMILIES and,
-    last, the text of its other collectors; None when it does not have that shape."""
+    """A child's compact answer (see _member_families): one block per family of MEMBER_FAMILIES, then the
+    empty rest after the last ``#`` line; None when it does not have that shape."""
     parts = body.split(_BLOCK_END, len(MEMBER_FAMILIES))
-    return parts if len(parts) == len(MEMBER_FAMILIES) + 1 else None
+    return parts if len(parts) == len(MEMBER_FAMILIES) + 1 and not parts[-1] else None
 
 
 def join_blocks(children: Sequence[Sequence[bytes]], *, openmetrics: bool, before: bytes = b"", after: bytes = b"") -> bytes:

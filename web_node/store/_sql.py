@@ -391,8 +391,10 @@ class SqlStore(ABC):
             claimed = tx.execute(
                 "UPDATE jobs SET last_triggered_at = ? WHERE pipeline = ? AND name = ? "
                 "AND trigger_every_s IS NOT NULL "
-                "AND (last_triggered_at IS NULL OR last_triggered_at + trigger_every_s <= ?)",
-                (now, pipeline, job, now),
+                "AND (last_triggered_at IS NULL OR (last_triggered_at + trigger_every_s <= ? AND last_triggered_at < ?))",
+                # "< now" too: with an interval of 0 (refused by the pipeline parser, not by the store)
+                # a second caller at the same instant must still lose.
+                (now, pipeline, job, now, now),
             )
             if claimed == 0:
                 return None

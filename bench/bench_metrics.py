@@ -5,13 +5,15 @@
    on a unix socket, placed in a real cgroup below a unique root (fixture
    cgroups when this machine's cannot be written). The 7 are the built-in
    members; the other 43 alternate small http and periodic members.
+   Scrapes run back to back with idle children; a third row ("busy") has
+   every child's state change between scrapes 50 ms apart.
    Target: p50 under 10 ms for 50 groups.
 2. **Task accounting**: ``web-node api --in-process`` serving GetJob to a
    keep-alive load client on loopback, a fixed number of requests, with the
    instrument on and off (``WEB_NODE_TASK_ACCOUNTING=0``), rounds
    alternating. Target: under 5 % fewer requests per second.
 
-    python bench/bench_metrics.py [--scrapes N] [--requests N] [--rounds N]
+    python bench/bench_metrics.py [--part all|scrape|accounting] [--scrapes N] [--requests N] [--rounds N]
 """
 
 from __future__ import annotations

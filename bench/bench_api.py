@@ -47,7 +47,7 @@ import cgroups
 from web_node.store import JobConfig, StepConfig, Store, open_store
 
 PY = sys.executable
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 RPS_JOBS = int(os.environ.get("BENCH_RPS_JOBS", "1000"))
 MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "10000"))
 JOBS_PER_PIPELINE = 100

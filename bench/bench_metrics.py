@@ -51,7 +51,7 @@ BUSY_INTERVAL_S = 0.1
 BUSY_SCRAPE_GAP_S = 0.05
 ACCOUNTING_TARGET_PCT = 5.0
 FIXTURES = REPO_ROOT / "tests" / "cgroups" / "fixtures"
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 PIPELINE = {"jobs": [{"name": "unit", "steps": [{"run": "true"}]}]}
 
 

@@ -16,13 +16,14 @@ run the blocking calls (``Cgroup.wait_empty``, ``Cgroup.remove``,
     api.kill(); api.wait_empty(5.0); api.remove()
     tree.destroy()
 
-``python -m cgroups`` prints what was detected.
+``python -m cgroups`` prints what was detected and, per limit, whether the
+kernel will enforce it for groups of a tree (``tree_report``).
 """
 
 from __future__ import annotations
 
 from ._cgroup import Cgroup
-from ._detect import Layout, detect_layout
+from ._detect import Layout, LimitEnforcement, TreeReport, detect_layout, tree_report
 from ._errors import CgroupBusyError, CgroupControllerMissing, CgroupError, CgroupPermissionError
 from ._limits import Limits
 from ._placement import PLACEMENT_FAILED
@@ -41,8 +42,11 @@ __all__ = [
     "CgroupPermissionError",
     "CgroupTree",
     "Layout",
+    "LimitEnforcement",
     "Limits",
     "Stats",
+    "TreeReport",
     "detect_layout",
     "format_bytes",
+    "tree_report",
 ]

@@ -415,3 +415,175 @@ def _missing_controller_problems(kind: Kind, controllers: frozenset[str], sys_ro
         fix = v2_fix if kind == "v2" else v1_fix if kind == "v1" else f"{v1_fix}, and {v2_fix}"
         out.append(f"{controller} controller unavailable: no {use} per group; {fix}")
     return out
+
+
+# -- what a tree of groups gets ----------------------------------------------
+
+#: The limits a group may have (cgroups.Limits fields less their unit suffix), in report order.
+LIMIT_SETTINGS = ("memory_max", "memory_high", "memory_low", "swap_max", "cpu_max", "cpu_weight", "pids_max")
+
+#: The controller each limit needs.
+_LIMIT_CONTROLLER = {
+    "memory_max": "memory", "memory_high": "memory", "memory_low": "memory", "swap_max": "memory",
+    "cpu_max": "cpu", "cpu_weight": "cpu", "pids_max": "pids",
+}
+
+#: Per limit: (v2 file, v1 file or None when v1 has no such knob). The v1 files are those Cgroup.apply_limits writes.
+_LIMIT_FILES = {
+    "memory_max": ("memory.max", "memory.limit_in_bytes"),
+    "memory_high": ("memory.high", "memory.soft_limit_in_bytes"),
+    "memory_low": ("memory.low", None),
+    "swap_max": ("memory.swap.max", "memory.memsw.limit_in_bytes"),
+    "cpu_max": ("cpu.max", "cpu.cfs_quota_us"),
+    "cpu_weight": ("cpu.weight", "cpu.shares"),
+    "pids_max": ("pids.max", "pids.max"),
+}
+
+Status = Literal["enforced", "approximated", "not enforced"]
+
+
+@dataclass(frozen=True)
+class LimitEnforcement:
+    """Whether the kernel will enforce one limit for groups made below the tree root."""
+
+    setting: str
+    status: Status
+    detail: str
+
+    @property
+    def enforced(self) -> bool:
+        return self.status == "enforced"
+
+    def describe(self) -> str:
+        if self.status == "enforced":
+            return f"{self.setting}: enforced ({self.detail})"
+        if self.status == "approximated":
+            return f"{self.setting}: approximated: {self.detail}"
+        return f"{self.setting}: NOT enforced: {self.detail}"
+
+
+@dataclass(frozen=True)
+class TreeReport:
+    """What groups made below ``root`` get on this host: where, which controllers, which limits hold.
+
+    ``controllers`` maps each controller a group gets to how ("v1 hierarchy
+    /sys/fs/cgroup/memory", "cgroup v2, delegated to <dir>"); ``missing``
+    maps the ones it does not get to why.
+    """
+
+    root: str
+    anchors: Mapping[str, str]
+    controllers: Mapping[str, str]
+    missing: Mapping[str, str]
+    limits: tuple[LimitEnforcement, ...]
+
+    def limit(self, setting: str) -> LimitEnforcement:
+        return next(e for e in self.limits if e.setting == setting)
+
+    def describe(self) -> str:
+        lines = [f"groups of cgroup root {self.root!r} are made below:"]
+        if not self.anchors:
+            lines.append("  (nowhere: no usable cgroup hierarchy)")
+        for where in dict.fromkeys(self.anchors.values()):
+            keys = [k for k, d in self.anchors.items() if d == where]
+            lines.append(f"  {where}    ({', '.join(_hier_name(k) for k in keys)})")
+        lines.append("controllers the groups get:")
+        for controller in sorted({*self.controllers, *self.missing}):
+            if controller in self.controllers:
+                lines.append(f"  {controller}: {self.controllers[controller]}")
+            else:
+                lines.append(f"  {controller}: NOT available: {self.missing[controller]}")
+        lines.append("limits:")
+        lines.extend(f"  {e.describe()}" for e in self.limits)
+        return "\n".join(lines)
+
+
+def tree_report(layout: Layout, root: str = "web-node") -> TreeReport:
+    """What groups below ``root`` (relative to our own cgroup, or absolute) get on this host.
+
+    The same precedence as ``Cgroup.apply_limits``: a v1 hierarchy for a
+    controller wins; otherwise the cgroup v2 controller, if the cgroup the
+    tree is made below may hand it out (its ``cgroup.controllers``: on a
+    systemd host, what ``Delegate=`` gave the unit). Reads files only.
+    """
+    rel = "/".join(p for p in root.split("/") if p)
+    anchors: dict[str, str] = {}
+    for key in layout.hierarchies():
+        if root.startswith("/"):
+            anchor = layout.mount_of(key)
+        else:
+            anchor = layout.own_dir(key)
+            # Seen from the node after it moved itself into <root>/supervisor.
+            suffix = f"/{rel}/supervisor"
+            if anchor is not None and key == UNIFIED and anchor.endswith(suffix):
+                anchor = anchor[: -len(suffix)]
+        if anchor is not None:
+            anchors[key] = anchor
+    v2_anchor = anchors.get(UNIFIED)
+    v2_offered = parse_words(read_text(os.path.join(v2_anchor, "cgroup.controllers")) or "") if v2_anchor else frozenset()
+
+    controllers: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for controller in ("memory", "cpu", "pids", "io"):
+        v1_name = "blkio" if controller == "io" else controller
+        if v1_name in layout.v1_mounts and v1_name in anchors:
+            controllers[controller] = f"v1 hierarchy {layout.v1_mounts[v1_name]}"
+        elif controller in v2_offered:
+            controllers[controller] = f"cgroup v2, offered by {v2_anchor}/cgroup.controllers"
+        else:
+            missing[controller] = _why_missing(layout, controller, v2_anchor)
+
+    limits = []
+    for setting in LIMIT_SETTINGS:
+        controller = _LIMIT_CONTROLLER[setting]
+        if controller in missing:
+            limits.append(LimitEnforcement(setting, "not enforced", f"{controller} controller {_short_why(layout)}"))
+        elif controller in layout.v1_mounts and controller in anchors:
+            limits.append(_v1_enforcement(setting, anchors[controller]))
+        else:
+            limits.append(LimitEnforcement(setting, "enforced", f"cgroup v2 {controller} controller: {_LIMIT_FILES[setting][0]}"))
+    return TreeReport(root=root, anchors=anchors, controllers=controllers, missing=missing, limits=tuple(limits))
+
+
+def _short_why(layout: Layout) -> str:
+    if layout.kind == "none":
+        return "unavailable: no cgroup filesystem"
+    if layout.kind == "v2":
+        return "not delegated"
+    return "not mounted (no v1 hierarchy, not offered by cgroup v2)"
+
+
+def _why_missing(layout: Layout, controller: str, v2_anchor: str | None) -> str:
+    if layout.kind == "none":
+        return "no cgroup filesystem"
+    v1_name = "blkio" if controller == "io" else controller
+    v2 = (f"{v2_anchor}/cgroup.controllers does not list it: the parent cgroup does not delegate it "
+          f"(systemd: Delegate=yes on the unit)") if v2_anchor else "no cgroup2 tree"
+    if layout.kind == "v2":
+        return v2
+    return f"no v1 hierarchy mounts {v1_name}, and {v2}"
+
+
+def _v1_enforcement(setting: str, anchor: str) -> LimitEnforcement:
+    v1_file = _LIMIT_FILES[setting][1]
+    if setting == "memory_low":
+        return LimitEnforcement(setting, "not enforced",
+                                "cgroup v1 has no memory.low (the node refuses the setting on this host)")
+    if setting == "memory_high":
+        return LimitEnforcement(setting, "approximated",
+                                "cgroup v1 has no memory.high; written as memory.soft_limit_in_bytes, which the "
+                                "kernel reclaims towards only under host-wide memory pressure and never throttles")
+    assert v1_file is not None
+    controller = _LIMIT_CONTROLLER[setting]
+    # Two v1 knobs depend on how the kernel was built or booted; both files are in every
+    # cgroup of the hierarchy (the root one too) when the kernel has them.
+    kernel_option = _V1_KERNEL_OPTION.get(setting)
+    if kernel_option is not None and not os.path.exists(os.path.join(anchor, v1_file)):
+        return LimitEnforcement(setting, "not enforced", f"no {v1_file} in {anchor}: {kernel_option}")
+    return LimitEnforcement(setting, "enforced", f"v1 {controller} controller: {v1_file}")
+
+
+_V1_KERNEL_OPTION = {
+    "swap_max": "this kernel does not account swap in cgroup v1 (boot with swapaccount=1)",
+    "cpu_max": "this kernel has no CFS bandwidth control (CONFIG_CFS_BANDWIDTH)",
+}

@@ -17,9 +17,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    import cgroups
 
 
 def free_port() -> int:
@@ -32,6 +35,66 @@ def listening(port: int) -> bool:
     """Whether something accepts connections on 127.0.0.1:``port``."""
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+#: Set to 1 to skip (instead of fail) the tests that need real, writable cgroups.
+NO_CGROUPS_ENV = "WEB_NODE_TEST_NO_CGROUPS"
+#: Stretches the waits for nodes and groups to come up (not the assertions on how long something
+#: took): tools/v2-guest-tests sets it, as Python starts ~10x slower under QEMU's emulation there.
+TIME_SCALE = float(os.environ.get("WEB_NODE_TEST_TIME_SCALE", "1"))
+#: Set to 1 by tools/v2-guest-tests inside the pure cgroup v2 guest: every selected test must run there.
+REQUIRE_V2_ENV = "WEB_NODE_REQUIRE_V2"
+
+
+def real_cgroups_problem() -> str | None:
+    """Why this process cannot make real cgroups with memory limits here, or None when it can.
+
+    Any layout will do (v2, hybrid, v1): the tests read the kernel through
+    the ``cgroups`` library, which knows where each layout keeps a file."""
+    import cgroups
+
+    if os.geteuid() != 0:
+        return "not root (the tests create cgroups and move processes into them)"
+    layout = cgroups.detect_layout()
+    if layout.kind == "none":
+        return "no cgroup filesystem is mounted"
+    if not layout.writable:
+        return "cgroups are not writable here: " + " ".join(layout.problems)
+    if "memory" not in layout.controllers:
+        return "no memory controller is usable here: " + " ".join(layout.problems)
+    return None
+
+
+def require_real_cgroups() -> None:
+    """Fail the calling test when real cgroups are unavailable; skip only on the explicit opt-out."""
+    import pytest
+
+    problem = real_cgroups_problem()
+    if problem is None:
+        return
+    if os.environ.get(NO_CGROUPS_ENV) == "1":
+        pytest.skip(f"needs real cgroups: {problem} ({NO_CGROUPS_ENV}=1)")
+    pytest.fail(f"this test needs real cgroups, and {problem}. Run the tests as root on a host with writable "
+                f"cgroups (v2, hybrid or v1), or set {NO_CGROUPS_ENV}=1 to skip them", pytrace=False)
+
+
+def group_cgroup(root: str, group: str) -> cgroups.Cgroup:
+    """The ``cgroups.Cgroup`` of ``group`` below the absolute cgroup root ``root``, on whatever layout this host has."""
+    import cgroups
+
+    return cgroups.CgroupTree(cgroups.detect_layout(), root).leaf(group)
+
+
+def cgroup_dirs_left(root: str) -> list[str]:
+    """Every directory still there below (or at) the absolute cgroup root ``root``, in every hierarchy."""
+    import cgroups
+
+    left = []
+    for top_dir in dict.fromkeys(cgroups.CgroupTree(cgroups.detect_layout(), root).paths().values()):
+        top = Path(top_dir)
+        if top.is_dir():
+            left += [str(top)] + [str(p) for p in top.rglob("*") if p.is_dir()]
+    return left
 
 
 def unique_cgroup_root() -> str:

@@ -81,12 +81,12 @@ def test_every_documented_key_parses(registry: Registry) -> None:
 
         [members.api]
         listen = "127.0.0.1:8080"
-        token = "s3cret"
+        token = "s3cret-s3cret-s3cret"
         disabled_endpoints = ["ListAllJobs"]
 
         [members.gateway]
         listen = "127.0.0.1:2222"
-        worker_token = "w0rker"
+        worker_token = "w0rker-w0rker-w0rker"
 
         [members.gc]
         enabled = false

@@ -160,3 +160,51 @@ async def test_unreachable_tcp_receiver_is_an_os_error_naming_it() -> None:
         with pytest.raises(OSError, match=f"tcp://127.0.0.1:{port}"):
             async with open_sender(parse_address(f"tcp://127.0.0.1:{port}")):
                 pass
+
+
+async def test_structured_data_values_are_utf8_on_the_wire() -> None:
+    value = 'grüße "quoted" \\ back]slash ✓'
+    msg = format_message("m", timestamp=0, hostname="h", app_name="a", structured_data={"x@32473": {"v": value}})
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
+        await listener.bind(("127.0.0.1", 0))
+        async with open_sender(parse_address(f"udp://127.0.0.1:{listener.getsockname()[1]}")) as sender:
+            await sender.send(msg)
+        with trio.fail_after(5):
+            received = await listener.recv(65535)
+    sd = parse(received)["sd"]
+    # RFC 5424 section 6.3.3: PARAM-VALUE is UTF-8; '"', '\' and ']' escaped; no BOM inside SD.
+    assert sd.decode("utf-8") == '[x@32473 v="grüße \\"quoted\\" \\\\ back\\]slash ✓"]'
+    assert BOM not in sd
+    # Text that is not UTF-8 (a lone surrogate from JSON) is replaced, never an exception.
+    odd = format_message("\ud800", timestamp=0, hostname="h", app_name="a", structured_data={"x@1": {"v": "\udfff"}})
+    assert parse(odd)["sd"].decode("utf-8") == '[x@1 v="\ufffd\ufffd\ufffd"]'
+
+
+async def test_a_send_to_a_receiver_that_stops_reading_times_out() -> None:
+    listener = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    accepted: list[trio.socket.SocketType] = []
+    message = format_message("x" * 1000, timestamp=0, hostname="h", app_name="a")
+
+    async def accept_and_never_read() -> None:
+        conn, _ = await listener.accept()
+        accepted.append(conn)
+        await trio.sleep_forever()
+
+    try:
+        with trio.fail_after(30):  # a guard; the sender's own deadline is what must fire
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(accept_and_never_read)
+                async with open_sender(parse_address(f"tcp://127.0.0.1:{port}"), send_timeout_s=0.5) as sender:
+                    with pytest.raises(OSError, match=f"tcp://127.0.0.1:{port} did not take a message within 0.5 s"):
+                        while True:  # until the kernel buffers on both ends are full
+                            await sender.send(message)
+                    assert sender.sent > 0
+                nursery.cancel_scope.cancel()
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()

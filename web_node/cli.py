@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from web_node._signals import block_signals, unblock_signals
 from web_node.config import Config, Overrides, load_config, parse_config
 from web_node.errors import ConfigError, WebNodeError
 from web_node.log import node_logger, setup_logging
@@ -99,9 +100,10 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
 def _extra_commands() -> list[Any]:
     """Subcommands that live with their own package: each a ``register(subparsers, registry)``."""
     from web_node.quickstart import register as quickstart
+    from web_node.systemd_unit import register as install_unit
     from web_node.worker.cli import register as worker
 
-    return [quickstart, worker]
+    return [quickstart, worker, install_unit]
 
 
 def selection_for(registry: Registry, command: str) -> list[str]:
@@ -131,7 +133,10 @@ def _cmd_run(args: argparse.Namespace, registry: Registry) -> int:
         raise ConfigError(f"nothing to run: every member of {args.command} is disabled "
                           f"({', '.join(args.selection)}); enable one or choose another command", key="enabled")
     if args.in_process:
+        from web_node.privilege import prepare_data_dir
         from web_node.runner import RunnerFailed, RunnerOptions, run_members
+
+        prepare_data_dir(config.node.data_dir, None)  # 0700, ours; one process as this user ([node] user: see run_node)
 
         try:
             trio.run(run_members, config, registry, groups, RunnerOptions(restart_in_process=True))
@@ -242,6 +247,9 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
         registry = default_registry()
     parser = build_parser(registry)
     args = parser.parse_args(argv)
+    if args.handler not in (_cmd_run, _cmd_group) and args.command != "quickstart":
+        # Only the node and group children receive signals through their loop (web_node._signals).
+        unblock_signals()
     try:
         code: int = args.handler(args, registry)
         return code
@@ -256,5 +264,6 @@ def main(argv: Sequence[str] | None = None, registry: Registry | None = None) ->
 
 
 def entry_point() -> None:
+    block_signals()  # again for the console script, which did not come through web_node/__main__.py
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,17 +23,20 @@ from typing import Any, Literal
 
 from web_node.errors import ConfigError
 from web_node.members import Member, Registry
-from web_node.units import DURATION_HELP, SIZE_HELP, parse_duration, parse_size
+from web_node.units import DURATION_HELP, SIZE_HELP, OutOfRange, parse_duration, parse_size
 
 RestartPolicy = Literal["always", "on-failure", "never"]
 RESTART_POLICIES: tuple[RestartPolicy, ...] = ("always", "on-failure", "never")
 
-NODE_KEYS = ("data_dir", "database", "cgroup_root", "metrics_listen", "shutdown_grace", "log_format", "log_level")
+NODE_KEYS = ("data_dir", "database", "cgroup_root", "metrics_listen", "shutdown_grace", "log_format", "log_level",
+             "user")
 GROUP_KEYS = (
     "members", "memory_max", "memory_high", "memory_low", "swap_max", "cpu_max", "cpu_weight",
     "pids_max", "restart", "restart_limit", "restart_window",
 )
 ENV_CONFIG = "WEB_NODE_CONFIG"
+MAX_CPU_CORES = 100_000.0
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 ENV_DISABLE_PREFIX = "WEB_NODE_DISABLE_"
 ENV_DISABLE_ENDPOINTS = "WEB_NODE_DISABLE_ENDPOINTS"
 
@@ -53,10 +57,40 @@ class NodeSettings:
     shutdown_grace_s: float
     log_format: Literal["text", "json"]
     log_level: str
+    user: str | None = None  # the unprivileged user group children run as (None: the node's own user)
 
     @property
     def control_socket(self) -> str:
         return os.path.join(self.data_dir, "node.sock")
+
+
+#: Keys of every http member's listener, under [members.NAME] (see HttpSettings).
+HTTP_KEYS = ("allowed_hosts", "certfile", "keyfile", "max_connections", "max_streams", "header_timeout",
+             "body_timeout", "max_body", "body_limits")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """An http member's listener: which Host names it answers, TLS, and how much a client may hold.
+
+    ``allowed_hosts`` empty: the listen host, ``localhost``, ``127.0.0.1`` and ``::1``; ``"*"``: any.
+    ``max_connections``: connections served at once; more wait in the kernel's backlog.
+    ``max_streams``: live event streams (server-sent events) at once; more answer 503.
+    ``header_timeout_s``: from connect (or the end of the previous answer) to a complete request head.
+    ``body_timeout_s``: from the request head to the end of its body.
+    ``max_body_bytes``: the body limit of endpoints without one of their own (None: the member's default);
+    ``body_limits``: per endpoint name.
+    """
+
+    allowed_hosts: tuple[str, ...] = ()
+    certfile: str | None = None
+    keyfile: str | None = None
+    max_connections: int = 100
+    max_streams: int = 32
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_body_bytes: int | None = None
+    body_limits: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +101,7 @@ class MemberSettings:
     listen: str | None
     disabled_endpoints: frozenset[str]
     options: Mapping[str, Any] = field(default_factory=dict)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 @dataclass(frozen=True)
@@ -283,10 +318,14 @@ def _parse_node(t: Mapping[str, Any]) -> NodeSettings:
     grace = _duration(t, "node.shutdown_grace", t.get("shutdown_grace", "10s"))
     log_format = _choice("node.log_format", t.get("log_format", "text"), ("text", "json"))
     log_level = _choice("node.log_level", str(t.get("log_level", "info")).lower(), ("debug", "info", "warning", "error"))
+    user = _str(t, "node.user", t.get("user", ""))
+    if user and not USER_NAME.fullmatch(user):
+        raise ConfigError(f"node.user = {user!r} is not a user name (letters, digits, '_', '-', '.'), e.g. \"web-node\"",
+                          key="node.user", value=user)
     return NodeSettings(
         data_dir=os.path.abspath(data_dir), database=database, cgroup_root=cgroup_root,
         metrics_listen=metrics or None, shutdown_grace_s=grace,
-        log_format=log_format, log_level=log_level,  # type: ignore[arg-type]
+        log_format=log_format, log_level=log_level, user=user or None,  # type: ignore[arg-type]
     )
 
 
@@ -296,7 +335,7 @@ def _parse_member(member: Member, t: Mapping[str, Any], registry: Registry) -> M
     if member.kind == "periodic":
         valid.append("interval")
     if member.kind == "http":
-        valid += ["listen", "disabled_endpoints"]
+        valid += ["listen", "disabled_endpoints", *HTTP_KEYS]
     valid += [o.name for o in member.options]
     _check_keys(key, t, valid)
     enabled = t.get("enabled", True)
@@ -333,12 +372,55 @@ def _parse_member(member: Member, t: Mapping[str, Any], registry: Registry) -> M
             try:
                 options[option.name] = option.parse(t[option.name])
             except (ValueError, TypeError) as e:
-                raise ConfigError(f"{key}.{option.name} = {t[option.name]!r} is invalid: {e}",
-                                  key=f"{key}.{option.name}", value=t[option.name], valid=option.help) from None
+                # A secret (a token) is never repeated in a message: it may be right in all but its length.
+                shown = "(hidden)" if _is_secret(option.name) else repr(t[option.name])
+                raise ConfigError(f"{key}.{option.name} = {shown} is invalid: {e}",
+                                  key=f"{key}.{option.name}", value=shown, valid=option.help) from None
         else:
             options[option.name] = option.default
+    http = _parse_http(key, t, endpoint_names) if member.kind == "http" else HttpSettings()
     return MemberSettings(name=member.name, enabled=enabled, interval_s=interval, listen=listen,
-                          disabled_endpoints=frozenset(disabled), options=options)
+                          disabled_endpoints=frozenset(disabled), options=options, http=http)
+
+
+def _parse_http(key: str, t: Mapping[str, Any], endpoint_names: list[str]) -> HttpSettings:
+    hosts = t.get("allowed_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() and " " not in h for h in hosts):
+        raise ConfigError(f"{key}.allowed_hosts = {hosts!r} must be a list of host names, e.g. [\"ci.example.com\"] "
+                          "(or [\"*\"] for any)", key=f"{key}.allowed_hosts", value=hosts)
+    tls = {k: _str(t, f"{key}.{k}", t[k]) for k in ("certfile", "keyfile") if k in t}
+    if len(tls) == 1:
+        given, missing = ("certfile", "keyfile") if "certfile" in tls else ("keyfile", "certfile")
+        raise ConfigError(f"{key}.{given} is set but {key}.{missing} is not: TLS needs both files (PEM)",
+                          key=f"{key}.{missing}", value=None)
+    for k, path in tls.items():
+        if not os.path.isfile(path):
+            raise ConfigError(f"{key}.{k} = {path!r} is not a readable file", key=f"{key}.{k}", value=path)
+    limits = t.get("body_limits", {})
+    if not isinstance(limits, Mapping):
+        raise ConfigError(f"{key}.body_limits = {limits!r} must be a table of endpoint = size, e.g. {{ SetPipeline = \"2M\" }}",
+                          key=f"{key}.body_limits", value=limits)
+    for name in limits:
+        if name not in endpoint_names:
+            raise ConfigError(f"{key}.body_limits: {name!r} is not an endpoint of this member{_did_you_mean(name, endpoint_names)}; "
+                              f"valid: {', '.join(endpoint_names)}", key=f"{key}.body_limits", value=name,
+                              valid=", ".join(endpoint_names))
+    defaults = HttpSettings()
+    timeouts = {k: _duration(t, f"{key}.{k}", t[k]) for k in ("header_timeout", "body_timeout") if k in t}
+    for k, seconds in timeouts.items():
+        if not 0 < seconds <= 3600:
+            raise ConfigError(f"{key}.{k} = {t[k]!r} must be longer than zero and at most 1h", key=f"{key}.{k}", value=t[k])
+    max_connections = _int(t, f"{key}.max_connections", 1, 100_000)
+    max_streams = _int(t, f"{key}.max_streams", 0, 100_000)
+    return HttpSettings(
+        allowed_hosts=tuple(h.strip().lower() for h in hosts), certfile=tls.get("certfile"), keyfile=tls.get("keyfile"),
+        max_connections=defaults.max_connections if max_connections is None else max_connections,
+        max_streams=defaults.max_streams if max_streams is None else max_streams,
+        header_timeout_s=timeouts.get("header_timeout", defaults.header_timeout_s),
+        body_timeout_s=timeouts.get("body_timeout", defaults.body_timeout_s),
+        max_body_bytes=_size(f"{key}.max_body", t["max_body"]) if "max_body" in t else None,
+        body_limits={name: _size(f"{key}.body_limits.{name}", v) for name, v in limits.items()},
+    )
 
 
 def _parse_groups(t: Mapping[str, Any], registry: Registry) -> dict[str, GroupSettings]:
@@ -390,11 +472,12 @@ def _parse_group_settings(name: str, members: tuple[str, ...], t: Mapping[str, A
     if "cpu_max" in t:
         try:
             cpu_max = float(t["cpu_max"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             cpu_max = -1.0
-        if not cpu_max > 0:
-            raise ConfigError(f"{key}.cpu_max = {t['cpu_max']!r} must be a positive number of cores, e.g. \"0.5\"",
-                              key=f"{key}.cpu_max", value=t["cpu_max"], valid="a positive number of cores")
+        if not 0 < cpu_max <= MAX_CPU_CORES:  # also refuses "inf" and "nan", which float() accepts
+            raise ConfigError(f"{key}.cpu_max = {t['cpu_max']!r} must be a positive number of cores, at most "
+                              f"{MAX_CPU_CORES:g}, e.g. \"0.5\"", key=f"{key}.cpu_max", value=t["cpu_max"],
+                              valid="a positive number of cores")
     cpu_weight = _int(t, f"{key}.cpu_weight", 1, 10000)
     pids_max = _int(t, f"{key}.pids_max", 1, 4194304)
     restart = _choice(f"{key}.restart", t.get("restart", "on-failure"), RESTART_POLICIES)
@@ -460,6 +543,11 @@ def _section(raw: dict[str, Any], *path: str) -> dict[str, Any]:
     return t
 
 
+def _is_secret(option: str) -> bool:
+    """Options named ``token`` or ``*_token`` hold credentials (api ``token``, gateway ``worker_token``)."""
+    return option == "token" or option.endswith("_token")
+
+
 def _str(t: Mapping[str, Any], key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key} = {value!r} must be a string", key=key, value=value)
@@ -468,13 +556,16 @@ def _str(t: Mapping[str, Any], key: str, value: Any) -> str:
 
 def _check_listen(key: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key} = {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080", key=key, value=value, valid="HOST:PORT")
 
 
 def _duration(t: Mapping[str, Any], key: str, value: Any) -> float:
     try:
         return parse_duration(value)
+    except OutOfRange as e:
+        raise ConfigError(f"{key} = {value!r} is longer than the maximum of {e.maximum}", key=key, value=value,
+                          valid=f"{DURATION_HELP}, at most {e.maximum}") from None
     except ValueError:
         raise ConfigError(f"{key} = {value!r} is not {DURATION_HELP}", key=key, value=value, valid=DURATION_HELP) from None
 
@@ -484,6 +575,8 @@ def _size(key: str, value: Any) -> int:
         raise ConfigError(f"{key} = 'max': leave the key out for no limit", key=key, value=value, valid=SIZE_HELP)
     try:
         return parse_size(value)
+    except OutOfRange as e:
+        raise ConfigError(f"{key}: {e}", key=key, value=value, valid=f"{SIZE_HELP}, at most {e.maximum}") from None
     except ValueError:
         raise ConfigError(f"{key} = {value!r} is not {SIZE_HELP}", key=key, value=value, valid=SIZE_HELP) from None
 

@@ -12,6 +12,13 @@
     └── SupervisorError             the node could not start or steer a group: .group .pid
 
 Messages say what was wrong, the value, and what to do about it.
+
+Two ValueErrors of the low-level parsers carry a message for the user; the
+caller adds the key and turns them into one of the above (or a 400):
+
+    ValueError
+    ├── OutOfRange                  a duration or size past its maximum: .maximum (web_node.units)
+    └── JsonBodyError               a request body that is not strict JSON (web_node.strict_json)
 """
 
 from __future__ import annotations

@@ -15,21 +15,29 @@ store needs. Every problem is a :class:`PipelineConfigError` whose message
 names the place, e.g. ``jobs[1].steps[0]: missing 'run'``, so that a user
 finds the line to fix. YAML anchors and aliases are allowed; a size budget
 keeps an alias bomb from expanding into gigabytes.
+
+Bounds, each refused with the place, the value and the limit: ``timeout`` at
+most :data:`MAX_TIMEOUT` (7d), ``trigger_every`` at most
+:data:`~web_node.units.MAX_DURATION` (366d), :data:`MAX_JOBS` jobs of
+:data:`MAX_STEPS` steps, :data:`MAX_CONFIG_CHARS` characters of names and
+commands. JSON bodies are read by :mod:`web_node.strict_json` (no NaN,
+Infinity, out-of-range numbers or lone surrogates); a step's command may hold
+newlines and tabs but no NUL, which no ``execve`` can pass on.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
+from web_node import strict_json
 from web_node.errors import WebNodeError
 from web_node.store import JobConfig, StepConfig
-from web_node.units import DURATION_HELP, parse_duration
+from web_node.units import DURATION_HELP, MAX_DURATION_S, OutOfRange, parse_duration
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_HELP = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -37,6 +45,8 @@ PIPELINE_KEYS = ("jobs",)
 JOB_KEYS = ("name", "steps", "trigger_every", "timeout")
 STEP_KEYS = ("run",)
 DEFAULT_TIMEOUT = "10m"
+MAX_TIMEOUT = "7d"  # a build still running after a week is stuck; the build-tracker fails it at its timeout
+MAX_TIMEOUT_S = 7 * 86400.0
 MAX_JOBS = 1000
 MAX_STEPS = 100
 # Characters of job names, durations and commands together, counted as the
@@ -63,8 +73,14 @@ class PipelineConfigError(WebNodeError, ValueError):
 def check_name(kind: str, value: object) -> str:
     """A pipeline or job name, safe in a URL path segment; raises PipelineConfigError."""
     if not isinstance(value, str) or not NAME.fullmatch(value):
-        raise PipelineConfigError(f"{kind} name {value!r} is not valid: {NAME_HELP}")
+        raise PipelineConfigError(f"{kind} name {_shown(value)} is not valid: {NAME_HELP}")
     return value
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, shortened to what a message can carry."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else f"<a {value.bit_length()}-bit number>"
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(text)} characters)"
 
 
 def parse_pipeline(body: bytes | str, content_type: str | None = None) -> tuple[dict[str, Any], list[JobConfig]]:
@@ -108,14 +124,18 @@ def _format_of(content_type: str | None, text: str) -> str:
 
 def _load_json(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PipelineConfigError(f"the body is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}") from None
+        return strict_json.loads(text)
+    except strict_json.JsonBodyError as e:
+        raise PipelineConfigError(str(e)) from None
 
 
 def _load_yaml(text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: plain data only
+        doc = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: plain data only
+        strict_json.check_strings(doc)  # "\ud800" escapes: not text a database or a shell can take
+        return doc
+    except strict_json.JsonBodyError as e:
+        raise PipelineConfigError(f"the body is not valid YAML text: {e}") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
@@ -123,6 +143,11 @@ def _load_yaml(text: str) -> Any:
         raise PipelineConfigError(f"the body is not valid YAML: {where}{what}") from None
     except yaml.YAMLError as e:
         raise PipelineConfigError(f"the body is not valid YAML: {e}") from None
+    except (ValueError, OverflowError) as e:
+        # A scalar the safe constructor could not build: a timestamp such as 2001-13-45, an integer of
+        # thousands of digits. PyYAML reports these without a place.
+        reason = str(e).split(";", 1)[0]  # int's digit limit adds advice for Python programmers after a ";"
+        raise PipelineConfigError(f"the body is not valid YAML: a value cannot be read: {reason}") from None
 
 
 def validate_pipeline(doc: Any) -> tuple[dict[str, Any], list[JobConfig]]:
@@ -181,10 +206,10 @@ class _Validator:
         stored: dict[str, Any] = {"name": name}
         trigger_every_s = None
         if raw.get("trigger_every") is not None:
-            trigger_every_s = self.duration(f"{path}.trigger_every", raw["trigger_every"])
+            trigger_every_s = self.duration(f"{path}.trigger_every", raw["trigger_every"], MAX_DURATION_S)
             stored["trigger_every"] = raw["trigger_every"]
         timeout = raw.get("timeout")
-        timeout_s = self.duration(f"{path}.timeout", DEFAULT_TIMEOUT if timeout is None else timeout)
+        timeout_s = self.duration(f"{path}.timeout", DEFAULT_TIMEOUT if timeout is None else timeout, MAX_TIMEOUT_S)
         if timeout is not None:
             stored["timeout"] = timeout
         if "steps" not in raw:
@@ -209,14 +234,19 @@ class _Validator:
         run = raw["run"]
         if not isinstance(run, str) or not run.strip():
             raise PipelineConfigError(f"must be a shell command (a non-empty string), got {_kind(run)}", path=f"{path}.run")
+        if "\0" in run:
+            raise PipelineConfigError(f"holds a NUL character (at {run.index(chr(0))}), which no shell command can pass on",
+                                      path=f"{path}.run")
         self._count(f"{path}.run", run)
         return run
 
-    def duration(self, path: str, value: Any) -> float:
+    def duration(self, path: str, value: Any, max_s: float) -> float:
         try:
-            seconds = parse_duration(value)
+            seconds = parse_duration(value, max_s=max_s)
+        except OutOfRange as e:
+            raise PipelineConfigError(f"{_shown(value)} is longer than the maximum of {e.maximum}", path=path) from None
         except ValueError:
-            raise PipelineConfigError(f"{value!r} is not {DURATION_HELP}", path=path) from None
+            raise PipelineConfigError(f"{_shown(value)} is not {DURATION_HELP}", path=path) from None
         if seconds <= 0:
             raise PipelineConfigError(f"{value!r} must be longer than zero", path=path)
         self._count(path, value)
@@ -240,7 +270,7 @@ def _kind(value: Any) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the text {shown!r}"
     if isinstance(value, (int, float)):
-        return f"the number {value!r}"
+        return f"the number {_shown(value)}"
     if isinstance(value, list):
         return f"a list of {len(value)}" if value else "an empty list"
     if isinstance(value, Mapping):

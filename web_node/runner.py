@@ -19,15 +19,14 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
+from web_node._signals import STOP, receive_signals
 from web_node.config import Config, GroupSettings
 from web_node.errors import MemberError, NotFound, StoreError
 from web_node.log import member_logger, node_logger
@@ -77,9 +76,25 @@ async def run_members(
 ) -> None:
     """Run every member of ``groups`` until SIGTERM/SIGINT (or cancellation).
 
+    The signals are received from the first moment of the loop: one that
+    came while the process was importing or its members were starting stops
+    it just as cleanly (members not yet started are not started; exit 0).
     Raises RunnerFailed when a member failed and its policy says stop.
     """
     log = node_logger(options.group_name or "node")
+    with receive_signals(*STOP) as signals:
+        await _run_members(config, registry, groups, options, log, signals, task_status)
+
+
+async def _run_members(
+    config: Config,
+    registry: Registry,
+    groups: list[GroupSettings],
+    options: RunnerOptions,
+    log: logging.LoggerAdapter[logging.Logger],
+    signals: AsyncIterator[int],
+    task_status: trio.TaskStatus[None],
+) -> None:
     os.makedirs(config.node.data_dir, exist_ok=True)
     store = AsyncStore(await trio.to_thread.run_sync(open_store, config.node.database, config.node.data_dir))
     metrics = ProcessMetrics()
@@ -88,34 +103,21 @@ async def run_members(
     try:
         async with trio.open_nursery() as nursery:
             stopping = trio.Event()
+            stop_requested = trio.Event()
             runs: list[_MemberRun] = []
-            for group in groups:
-                for name in group.members:
-                    member = registry.get(name)
-                    ctx = MemberContext(
-                        member=member, config=config, group=group.name,
-                        log=member_logger(name, group=group.name), store=store, metrics=metrics,
-                        listen_fd=options.listen_fds.get(name),
-                    )
-                    metrics.set_member_enabled(name)
-                    run = _MemberRun(member, ctx)
-                    ctx.state["stopping"] = run.stop  # long-lived responses (live logs) end at a graceful stop
-                    runs.append(run)
-                    await nursery.start(partial(_supervise_member, run, group, options, stopping, failure, nursery.cancel_scope))
             aux: list[trio.CancelScope] = []  # helpers that end as soon as a stop begins
-            nursery.start_soon(_in_scope, aux, partial(_heartbeat_components, runs, store))
-            if options.metrics_socket:
-                await nursery.start(_in_scope, aux, partial(metrics.serve_socket, options.metrics_socket))
-            elif options.group_name is None and config.node.metrics_listen:
-                await nursery.start(_in_scope, aux, partial(metrics.serve_page, config.node.metrics_listen))
-            if options.node_fd is not None:
-                # Said "ready" to the node through this socket only once every member started.
-                await nursery.start(_in_scope, aux, partial(_lifeline, options.node_fd, log))
+            startup = trio.CancelScope()  # a stop signal while members start cancels the rest of the start
+            await nursery.start(_in_scope, aux, partial(_read_stop_signal, signals, stop_requested, startup, log,
+                                                        config.node.shutdown_grace_s))
+            with startup:
+                await _start_all(nursery, config, registry, groups, options, log, store, metrics, runs, aux,
+                                 stopping, failure)
             task_status.started()
-            failed = [r.member.name for r in runs if r.ctx.state.get("failed_to_start")]
-            log.info("ready: %s%s", ", ".join(r.member.name for r in runs if r.member.name not in failed),
-                     f" (failed to start, restarting by policy: {', '.join(failed)})" if failed else "")
-            await _wait_for_stop_signal(log, config.node.shutdown_grace_s)
+            if not startup.cancelled_caught:
+                failed = [r.member.name for r in runs if r.ctx.state.get("failed_to_start")]
+                log.info("ready: %s%s", ", ".join(r.member.name for r in runs if r.member.name not in failed),
+                         f" (failed to start, restarting by policy: {', '.join(failed)})" if failed else "")
+            await stop_requested.wait()
             for scope in aux:
                 scope.cancel()
             # Graceful stop: http servers drain, periodic loops end at their next wait.
@@ -137,6 +139,34 @@ async def run_members(
         raise RunnerFailed(failure[0])
 
 
+async def _start_all(nursery: trio.Nursery, config: Config, registry: Registry, groups: list[GroupSettings],
+                     options: RunnerOptions, log: logging.LoggerAdapter[logging.Logger], store: AsyncStore,
+                     metrics: ProcessMetrics, runs: list[_MemberRun], aux: list[trio.CancelScope],
+                     stopping: trio.Event, failure: list[str]) -> None:
+    """Start every member, then the helpers; the lifeline says "ready" to the node last."""
+    for group in groups:
+        for name in group.members:
+            member = registry.get(name)
+            ctx = MemberContext(
+                member=member, config=config, group=group.name,
+                log=member_logger(name, group=group.name), store=store, metrics=metrics,
+                listen_fd=options.listen_fds.get(name),
+            )
+            metrics.set_member_enabled(name)
+            run = _MemberRun(member, ctx)
+            ctx.state["stopping"] = run.stop  # long-lived responses (live logs) end at a graceful stop
+            runs.append(run)
+            await nursery.start(partial(_supervise_member, run, group, options, stopping, failure, nursery.cancel_scope))
+    nursery.start_soon(_in_scope, aux, partial(_heartbeat_components, runs, store))
+    if options.metrics_socket:
+        await nursery.start(_in_scope, aux, partial(metrics.serve_socket, options.metrics_socket))
+    elif options.group_name is None and config.node.metrics_listen:
+        await nursery.start(_in_scope, aux, partial(metrics.serve_page, config.node.metrics_listen))
+    if options.node_fd is not None:
+        # Said "ready" to the node through this socket only once every member started.
+        await nursery.start(_in_scope, aux, partial(_lifeline, options.node_fd, log))
+
+
 async def _in_scope(scopes: list[trio.CancelScope], fn: Any, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.CancelScope() as scope:
@@ -144,11 +174,16 @@ async def _in_scope(scopes: list[trio.CancelScope], fn: Any, *,
         await fn(task_status=task_status)
 
 
-async def _wait_for_stop_signal(log: logging.LoggerAdapter[logging.Logger], grace_s: float) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: stopping every member within %.1f s", signal.Signals(signum).name, grace_s)
-            return
+async def _read_stop_signal(signals: AsyncIterator[int], stop_requested: trio.Event, startup: trio.CancelScope,
+                            log: logging.LoggerAdapter[logging.Logger], grace_s: float, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The one task that reads SIGTERM/SIGINT (also one that came before the loop ran)."""
+    task_status.started()
+    async for signum in signals:
+        log.info("received %s: stopping every member within %.1f s", signal.Signals(signum).name, grace_s)
+        startup.cancel()  # no effect once every member started
+        stop_requested.set()
+        return
 
 
 async def _lifeline(fd: int, log: logging.LoggerAdapter[logging.Logger], *,
@@ -237,22 +272,17 @@ async def _serve_http(run: _MemberRun, task_status: trio.TaskStatus[None]) -> No
     ctx = run.ctx
     assert run.member.make_app is not None
     app = ctx.metrics.wrap_app(await run.member.make_app(ctx), run.member, ctx.settings.disabled_endpoints)
-    cfg = hypercorn.config.Config()
-    if ctx.listen_fd is not None:
-        cfg.bind = [f"fd://{ctx.listen_fd}"]
-    else:
-        cfg.bind = [ctx.settings.listen or ""]
-    cfg.graceful_timeout = ctx.config.node.shutdown_grace_s
-    # An idle keep-alive connection would otherwise hold every graceful stop for the whole grace.
-    cfg.keep_alive_timeout = min(5.0, ctx.config.node.shutdown_grace_s)
-    cfg.accesslog = None
+    from web_node.http import serve, server_config  # the web stack: imported by group children only
+
     # hypercorn's own "Running on" line repeats ours; keep only its warnings and errors.
     server_log = logging.getLogger(f"hypercorn.{run.member.name}")
     server_log.setLevel(logging.WARNING)
-    cfg.errorlog = server_log
+    bind = f"fd://{ctx.listen_fd}" if ctx.listen_fd is not None else ctx.settings.listen or ""
+    # Connection cap, header timeout, TLS: [members.X] keys (config.HttpSettings).
+    cfg = server_config(ctx.settings.http, bind=bind, grace_s=ctx.config.node.shutdown_grace_s, errorlog=server_log)
     try:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(partial(hypercorn.trio.serve, app, cfg, shutdown_trigger=run.stop.wait))
+            binds = await nursery.start(partial(serve, app, cfg, ctx.settings.http, shutdown_trigger=run.stop.wait))
             ctx.log.info("serving on %s", ", ".join(binds) if binds else cfg.bind[0])
             task_status.started()
     except* OSError as group:

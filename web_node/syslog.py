@@ -5,11 +5,13 @@ A message is one line of bytes::
     <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD-ID PARAM="VALUE" ...] MSG
 
 :func:`format_message` builds it (header fields cut to their RFC lengths and to
-printable US-ASCII, ``-`` for an absent one; structured-data values escaped);
+printable US-ASCII, ``-`` for an absent one; structured-data values UTF-8, as
+RFC 5424 section 6.3.3 allows, with the double quote, backslash and ``]`` escaped);
 :func:`open_sender` opens a :class:`SyslogSender` to an address such as
 ``udp://127.0.0.1:514`` or ``tcp://logs.example:601``. Over TCP each message
 is framed by octet counting (``LEN SP MSG``, RFC 6587 section 3.4.1), so a
-message may hold any byte, newlines included.
+message may hold any byte, newlines included. Connecting and every send have
+a deadline: a receiver that stops reading cannot hold the sender forever.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ MAX_SD_NAME = 32
 MAX_UDP_MESSAGE = 65507
 
 DEFAULT_PORTS = {"udp": 514, "tcp": 601}
+DEFAULT_SEND_TIMEOUT_S = 30.0
 
 FACILITIES: dict[str, int] = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -73,8 +76,15 @@ def _sd_name(name: str) -> str:
 
 
 def _sd_value(value: str) -> str:
-    # RFC 5424 section 6.3.3: '"', '\' and ']' must be escaped with a backslash.
+    # RFC 5424 section 6.3.3: '"', '\' and ']' must be escaped with a backslash; any other
+    # UTF-8 character stands as it is.
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _utf8(text: str) -> bytes:
+    # Text that came through JSON may hold lone surrogates ("\ud800"), which are not UTF-8:
+    # each becomes U+FFFD rather than failing the whole message.
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
 
 
 def format_timestamp(unix_s: float) -> str:
@@ -118,6 +128,7 @@ def format_message(
 
     A pure-ASCII ``msg`` is sent as it is (MSG-ANY); any other text is UTF-8
     preceded by the BOM, as RFC 5424 section 6.4 requires for MSG-UTF8.
+    Structured-data values are UTF-8 (PARAM-VALUE, section 6.3.3; no BOM there).
     """
     header = " ".join((
         f"<{priority(facility, severity)}>{VERSION}",
@@ -126,14 +137,14 @@ def format_message(
         _header_field(app_name, MAX_APP_NAME),
         _header_field(procid, MAX_PROCID),
         _header_field(msgid, MAX_MSGID),
-        format_structured_data(structured_data or {}),
     ))
+    head = header.encode("ascii") + b" " + _utf8(format_structured_data(structured_data or {}))
     if not msg:
-        return header.encode("ascii")
-    body = msg.encode("utf-8")
+        return head
+    body = _utf8(msg)
     if not msg.isascii():
         body = BOM + body
-    return header.encode("ascii") + b" " + body
+    return head + b" " + body
 
 
 # ---------------------------------------------------------------- addresses
@@ -180,20 +191,31 @@ class SyslogSender:
     """An open connection (TCP) or connected socket (UDP) to one syslog receiver."""
 
     def __init__(self, address: SyslogAddress, *, udp: trio.socket.SocketType | None = None,
-                 tcp: trio.SocketStream | None = None) -> None:
+                 tcp: trio.SocketStream | None = None, send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> None:
         self.address = address
+        self.send_timeout_s = send_timeout_s
         self._udp = udp
         self._tcp = tcp
         self.sent = 0
 
     async def send(self, message: bytes) -> None:
-        """Send one message; raises OSError (e.g. ECONNREFUSED) when the receiver is not there."""
-        if self._udp is not None:
-            # A datagram cannot be larger; RFC 5426 allows the sender to truncate.
-            await self._udp.send(message[:MAX_UDP_MESSAGE])
-        else:
-            assert self._tcp is not None
-            await self._tcp.send_all(b"%d " % len(message) + message)
+        """Send one message; raises OSError when the receiver is not there (e.g. ECONNREFUSED) or did not
+        take the message within ``send_timeout_s``. After an OSError the sender is unusable: close it."""
+        try:
+            with trio.fail_after(self.send_timeout_s):
+                if self._udp is not None:
+                    # A datagram cannot be larger; RFC 5426 allows the sender to truncate.
+                    await self._udp.send(message[:MAX_UDP_MESSAGE])
+                else:
+                    assert self._tcp is not None
+                    await self._tcp.send_all(b"%d " % len(message) + message)
+        except trio.TooSlowError:
+            # Over TCP the receiver stopped reading and the socket buffers are full: a frame may be
+            # half sent, so the connection cannot be used any more.
+            raise OSError(f"syslog receiver {self.address} did not take a message within {self.send_timeout_s:g} s "
+                          "(it stopped reading)") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise OSError(f"syslog receiver {self.address} closed the connection: {e.__cause__ or e}") from e
         self.sent += 1
 
     async def send_many(self, messages: Iterable[bytes]) -> None:
@@ -208,13 +230,14 @@ class SyslogSender:
 
 
 @asynccontextmanager
-async def open_sender(address: SyslogAddress, *, connect_timeout_s: float = 10.0) -> AsyncIterator[SyslogSender]:
-    """Connect to ``address``; raises OSError naming it when that fails."""
+async def open_sender(address: SyslogAddress, *, connect_timeout_s: float = 10.0,
+                      send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S) -> AsyncIterator[SyslogSender]:
+    """Connect to ``address``; raises OSError naming it when that fails or takes longer than ``connect_timeout_s``."""
     try:
         with trio.fail_after(connect_timeout_s):
             if address.transport == "tcp":
                 stream = await trio.open_tcp_stream(address.host, address.port)
-                sender = SyslogSender(address, tcp=stream)
+                sender = SyslogSender(address, tcp=stream, send_timeout_s=send_timeout_s)
             else:
                 infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_DGRAM)
                 family, type_, proto, _, sockaddr = infos[0]
@@ -224,7 +247,7 @@ async def open_sender(address: SyslogAddress, *, connect_timeout_s: float = 10.0
                 except BaseException:
                     sock.close()
                     raise
-                sender = SyslogSender(address, udp=sock)
+                sender = SyslogSender(address, udp=sock, send_timeout_s=send_timeout_s)
     except trio.TooSlowError:
         raise OSError(f"syslog receiver {address} did not accept a connection within {connect_timeout_s:g} s") from None
     except OSError as e:

@@ -1,6 +1,8 @@
 """Fixtures for the cgroups tests: fixture hosts (v2, v1, hybrid) and real-kernel trees.
 
-Real-kernel fixtures create a tree with a unique root name per test
+Real-kernel fixtures fail when this host has no real, writable cgroups
+(``WEB_NODE_TEST_NO_CGROUPS=1`` skips them instead; tests/conftest.py), and
+create a tree with a unique root name per test
 (``web-node-test-<pid>-<random>``, other people run tests on the same
 machine) and tear it down in a ``finally`` that kills and removes whatever
 is left, also when the test failed half-way.
@@ -39,6 +41,8 @@ def _import_the_real_package() -> None:
 
 
 _import_the_real_package()
+
+from node_helpers import require_real_cgroups  # noqa: E402
 
 from cgroups import CgroupTree, Layout, detect_layout  # noqa: E402
 
@@ -103,22 +107,9 @@ def hybrid_host(tmp_path: Path) -> FixtureHost:
 # -- real kernel -------------------------------------------------------------------
 
 
-def real_kernel_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "real-kernel cgroup tests need root (they create cgroups below this process's own)"
-    layout = detect_layout()
-    if layout.kind == "none":
-        return "no cgroup filesystem on this machine"
-    if not layout.writable:
-        return "cgroups are not writable here: " + " ".join(layout.problems)
-    return None
-
-
 @pytest.fixture
 def real_layout() -> Layout:
-    reason = real_kernel_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    require_real_cgroups()
     return detect_layout()
 
 

@@ -20,10 +20,13 @@ EXPORTED = {
     "CgroupPermissionError",
     "CgroupTree",
     "Layout",
+    "LimitEnforcement",
     "Limits",
     "Stats",
+    "TreeReport",
     "detect_layout",
     "format_bytes",
+    "tree_report",
 }
 
 

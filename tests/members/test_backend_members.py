@@ -222,8 +222,7 @@ async def finished_build_with_log(store: AsyncStore) -> Build:
     # Output arrives in chunks that cut lines anywhere.
     await store.append_event(build.id, "log", {"output": "hello\nwor", "step": 0}, now - 2)
     await store.append_event(build.id, "log", {"output": "ld\n", "step": 0}, now - 1)
-    await store.append_event(build.id, "finish", {"status": "succeeded"}, now)
-    return await store.finish_build(build.id, "succeeded", now)
+    return await store.finish_build(build.id, "succeeded", now)  # with its finish event
 
 
 def message_texts(messages: list[bytes]) -> list[str]:
@@ -261,11 +260,11 @@ async def test_syslog_drainer_ships_finished_build_logs_over_udp_once(store: Asy
         assert f'[build@32473 id="{build.id}" pipeline="p" job="unit" step="0"]'.encode() in messages[0]
         assert b' finish [build@32473 ' in messages[2] and b'status="succeeded"' in messages[2]
 
-        # Not twice: neither on the next run nor after a restart (a fresh context reads the state file).
+        # Not twice: neither on the next run nor after a restart (a fresh context: the mark is in the store).
         await syslog_drainer.tick(ctx)
         await syslog_drainer.tick(make_ctx("syslog-drainer", address=address))
         assert await receive_datagrams(listener) == []
-        assert (data_dir / "syslog-drainer.json").exists()
+        assert await store.list_unshipped_builds(10) == []
 
         # The running build is shipped once it has finished.
         await store.append_event(running.id, "log", {"output": "done", "step": 0}, time.time())
@@ -324,14 +323,14 @@ async def test_syslog_drainer_without_address_says_it_has_nothing_to_do(
 
 async def test_syslog_drainer_unreachable_receiver_fails_the_run_and_retries(store: AsyncStore, make_ctx: MakeCtx,
                                                                           data_dir: Path) -> None:
-    await finished_build_with_log(store)
+    build = await finished_build_with_log(store)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         ctx = make_ctx("syslog-drainer", address=f"tcp://127.0.0.1:{port}")
         with pytest.raises(Exception, match=f"tcp://127.0.0.1:{port}.*retried next run"):
             await syslog_drainer.tick(ctx)
-    assert not (data_dir / "syslog-drainer.json").exists()  # nothing recorded as shipped
+    assert [b.id for b in await store.list_unshipped_builds(10)] == [build.id]  # nothing recorded as shipped
 
 
 def test_bad_syslog_options_are_config_errors(data_dir: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import time
@@ -26,6 +27,15 @@ from node_helpers import free_port
 
 API_TOKEN = "api-token-for-tests"
 WORKER_TOKEN = "worker-token-for-tests"
+BUILD_USER = "web-node-build"  # the account build steps run as (the worker refuses root by default)
+
+
+@pytest.fixture(scope="session")
+def build_user() -> str:
+    """The build user, created as ``quickstart`` creates it (a system account, no home, no login)."""
+    from web_node.privilege import ensure_system_user
+
+    return ensure_system_user(BUILD_USER).name
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, *, logs: Callable[[], str] = lambda: "") -> Any:
@@ -117,7 +127,7 @@ class Loop:
         self.worker = self.start_node(
             ["worker", "--gateway", self.gateway, *token_args, "--name", name,
              "--work-dir", str(self.data_dir / f"work-{name}"), "--cgroup-root", f"{self.cgroup_root}/{name}",
-             "--poll-interval", "200ms", "--stop-grace", "0s", *extra], env=env)
+             "--poll-interval", "200ms", "--stop-grace", "0s", "--user", BUILD_USER, *extra], env=env)
         self.worker.wait_log("registered with", timeout=20)
         return self.worker
 
@@ -162,7 +172,7 @@ def node_config(data_dir: Path, api_port: int, gateway_port: int, *, worker_toke
 
 @pytest.fixture
 def make_loop(cgroup_root: str, sleeps: Callable[[], list[str]], start_node: Any,
-              data_dir: Path) -> Iterator[Callable[..., Loop]]:
+              data_dir: Path, build_user: str) -> Iterator[Callable[..., Loop]]:
     # Fixture order matters at teardown (reverse of setup): the processes stop first, then
     # leftover sleeps are looked for, then the cgroup tree is removed.
     def make(**config: Any) -> Loop:
@@ -302,7 +312,7 @@ def test_a_build_past_its_timeout_is_killed_and_failed(make_loop: Callable[..., 
     wait_for("the timed-out build's sleep to be gone", lambda: not pids_running(sleep), timeout=10, logs=loop.logs)
 
 
-def test_gateway_protocol(start_node: Any, data_dir: Path) -> None:
+def test_gateway_protocol(start_node: Any, data_dir: Path, build_user: str) -> None:
     """The gateway's endpoints one by one, as a worker would call them (the node runs the gateway only)."""
     from web_node.store import JobConfig, StepConfig, open_store
 
@@ -323,56 +333,131 @@ def test_gateway_protocol(start_node: Any, data_dir: Path) -> None:
     assert call("POST", "/workers", {"name": "bad name!"}).status_code == 400
     registered = call("POST", "/workers", {"name": "w1", "platform": "linux/x86_64", "tags": ["fast"]})
     assert registered.status_code == 201 and registered.json()["worker"]["tags"] == ["fast"]
-    assert call("POST", "/workers/w1/claim", {}).json() == {"build": None}
+    credential = registered.json()["credential"]  # w1's own; the shared token only registers
+    w1 = {"Authorization": f"Bearer {credential}"}
+    assert call("POST", "/workers/w1/claim", {}, headers=w1).json() == {"build": None}
 
     store = open_store(f"sqlite:///{data_dir}/node.db", str(data_dir))
     try:
         store.set_pipeline("p", {}, [JobConfig("j", (StepConfig("echo one"), StepConfig("echo two")), timeout_s=90)])
         created = store.create_build("p", "j", "manual", time.time())
-        claimed = call("POST", "/workers/w1/claim", {"active_builds": 0}).json()["build"]
+        claimed = call("POST", "/workers/w1/claim", {"active_builds": 0}, headers=w1).json()["build"]
         assert claimed["id"] == created.id and claimed["worker"] == "w1" and claimed["status"] == "started"
         assert claimed["steps"] == [{"run": "echo one"}, {"run": "echo two"}] and claimed["timeout_s"] == 90
         events = f"/builds/{created.id}/events"
 
-        assert call("POST", events, {"worker": "w2", "events": []}).status_code == 409  # not w2's build
-        assert call("POST", events, {"worker": "w1", "events": [{"type": "finish", "payload": {}}]}).status_code == 400
-        sent = call("POST", events, {"worker": "w1", "events": [{"type": "log", "payload": {"output": "one\n", "step": 0}}]})
-        assert sent.json() == {"accepted": 1, "status": "started", "abort": False}
-        assert call("PUT", "/workers/w1/heartbeat", {"builds": [created.id]}).json()["abort"] == []
+        assert call("POST", events, {"worker": "w2", "seq": 1, "events": []}, headers=w1).status_code == 403  # not w2
+        finish_event = {"worker": "w1", "seq": 1, "events": [{"type": "finish", "payload": {}}]}
+        assert call("POST", events, finish_event, headers=w1).status_code == 400
+        one = {"worker": "w1", "seq": 1, "events": [{"type": "log", "payload": {"output": "one\n", "step": 0}}]}
+        sent = call("POST", events, one, headers=w1)
+        assert sent.json() == {"accepted": 1, "duplicate": False, "status": "started", "abort": False}
+        assert call("PUT", "/workers/w1/heartbeat", {"builds": [created.id]}, headers=w1).json()["abort"] == []
 
         # Aborted elsewhere: heartbeat and event posts tell the worker to stop, and keep nothing more.
         store.finish_build(created.id, "aborted", time.time())
-        beat = call("PUT", "/workers/w1/heartbeat", {"active_builds": 1, "builds": [created.id]}).json()
+        beat = call("PUT", "/workers/w1/heartbeat", {"active_builds": 1, "builds": [created.id]}, headers=w1).json()
         assert beat["abort"] == [{"id": created.id, "status": "aborted"}]
-        assert call("POST", events, {"worker": "w1", "events": [{"type": "log", "payload": {"output": "x"}}]}).json() == {
-            "accepted": 0, "status": "aborted", "abort": True}
-        late = call("PUT", f"/builds/{created.id}/finish", {"worker": "w1", "status": "succeeded"}).json()
+        late_log = {"worker": "w1", "seq": 2, "events": [{"type": "log", "payload": {"output": "x"}}]}
+        assert call("POST", events, late_log, headers=w1).json() == {
+            "accepted": 0, "duplicate": False, "status": "aborted", "abort": True}
+        late = call("PUT", f"/builds/{created.id}/finish", {"worker": "w1", "status": "succeeded"}, headers=w1).json()
         assert late["accepted"] is False and late["build"]["status"] == "aborted"
-        assert [e.type for e in store.list_events(created.id)] == ["log"]
+        assert [e.type for e in store.list_events(created.id)] == ["log", "finish"]
 
         # A worker that registers again (restarted) without a build it was running: that build is errored.
         lost = store.create_build("p", "j", "manual", time.time())
-        assert call("POST", "/workers/w1/claim", {}).json()["build"]["id"] == lost.id
-        assert call("POST", "/workers", {"name": "w1", "builds": []}).status_code == 201
+        assert call("POST", "/workers/w1/claim", {}, headers=w1).json()["build"]["id"] == lost.id
+        again = call("POST", "/workers", {"name": "w1", "builds": [], "credential": credential})
+        assert again.status_code == 201 and "credential" not in again.json()  # kept, not handed out again
         assert store.get_build(lost.id).status == "errored"
         lost_events = store.list_events(lost.id)
         assert "registered again" in lost_events[0].payload["message"] and lost_events[-1].payload == {"status": "errored"}
 
         # A result with a message: an error event, then finish, then the status.
         kept = store.create_build("p", "j", "manual", time.time())
-        call("POST", "/workers/w1/claim", {})
-        assert call("PUT", f"/builds/{kept.id}/finish", {"worker": "w1", "status": "aborted"}).status_code == 400
-        done = call("PUT", f"/builds/{kept.id}/finish", {"worker": "w1", "status": "errored", "message": "disk full"})
+        call("POST", "/workers/w1/claim", {}, headers=w1)
+        assert call("PUT", f"/builds/{kept.id}/finish", {"worker": "w1", "status": "aborted"}, headers=w1).status_code == 400
+        done = call("PUT", f"/builds/{kept.id}/finish", {"worker": "w1", "status": "errored", "message": "disk full"},
+                    headers=w1)
         assert done.json()["accepted"] is True and done.json()["build"]["status"] == "errored"
         assert [(e.type, e.payload) for e in store.list_events(kept.id)] == [
             ("error", {"message": "disk full"}), ("finish", {"status": "errored"})]
     finally:
         store.close()
-    assert call("PUT", "/workers/nobody/heartbeat", {}).status_code == 404
-    assert call("PUT", "/builds/999/finish", {"worker": "w1", "status": "failed"}).status_code == 404
+    assert call("PUT", "/workers/nobody/heartbeat", {}, headers=w1).status_code == 403
+    assert call("PUT", "/builds/999/finish", {"worker": "w1", "status": "failed"}, headers=w1).status_code == 404
 
     # A worker with the wrong token says so and exits with the configuration-error status.
     worker = start_node(["worker", "--gateway", f"http://127.0.0.1:{port}", "--token", "wrong-token", "--name", "w9",
-                         "--work-dir", str(data_dir / "w9"), "--no-cgroups"])
+                         "--work-dir", str(data_dir / "w9"), "--no-cgroups", "--user", build_user])
     assert worker.proc.wait(20) == 2
     assert "refused the worker token" in worker.log()
+
+
+def test_quickstart_takes_data_dir_from_flag_then_config_file_then_default(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key given in a config file is never overridden by quickstart's own default (./web-node-data)."""
+    from web_node.members import default_registry
+    from web_node.quickstart import load_quickstart_config
+
+    registry = default_registry()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WEB_NODE_CONFIG", raising=False)
+    config_file = tmp_path / "node.toml"
+    config_file.write_text('[node]\ndata_dir = "/srv/from-the-file"\n')
+    assert load_quickstart_config(registry, str(config_file)).node.data_dir == "/srv/from-the-file"
+    assert load_quickstart_config(registry, str(config_file), data_dir="flag-dir").node.data_dir == str(tmp_path / "flag-dir")
+    assert load_quickstart_config(registry, None).node.data_dir == str(tmp_path / "web-node-data")
+    monkeypatch.setenv("WEB_NODE_CONFIG", str(config_file))
+    assert load_quickstart_config(registry, None).node.data_dir == "/srv/from-the-file"
+    # The groups' user likewise: quickstart's choice only where the file says nothing ("" = stay as the node).
+    config_file.write_text('[node]\nuser = ""\n')
+    assert load_quickstart_config(registry, str(config_file), user="web-node").node.user is None
+    assert load_quickstart_config(registry, None, user="web-node").node.user is None  # WEB_NODE_CONFIG, still
+    monkeypatch.delenv("WEB_NODE_CONFIG")
+    assert load_quickstart_config(registry, None, user="web-node").node.user == "web-node"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, or a pid that is gone, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_quickstart_worker_and_its_build_die_with_the_node(start_node: Any, cgroup_root: str, tmp_path: Path,
+                                                           sleeps: Callable[[], list[str]]) -> None:
+    """kill -9 of the quickstart node: its worker reads EOF on its lifeline, kills the running build and exits.
+    Started as a new user would start it, with the data dir given only in the config file."""
+    import re
+
+    from web_node.quickstart import worker_work_dir
+
+    data_dir = tmp_path / "from-config"
+    api_port = free_port()
+    config = node_config(data_dir, api_port, free_port(), worker_token=None)
+    config = config.replace("[node]\n", f'[node]\ncgroup_root = "{cgroup_root}"\n', 1)
+    try:
+        node = start_node(["quickstart"], config_text=config)
+        node.wait_log("registered with", timeout=60)
+        assert (data_dir / "worker-token").exists() and not (tmp_path / "web-node-data").exists()
+        api = Api(f"http://127.0.0.1:{api_port}", API_TOKEN)
+        sleep = sleeps()
+        api.set_pipeline("p", {"jobs": [{"name": "sleepy", "steps": [{"run": " ".join(sleep)}]}]})
+        api.create_build("p", "sleepy")
+        wait_for("the build's sleep to run", lambda: pids_running(sleep), timeout=30, logs=node.log)
+        match = re.search(r"group worker starting: pid (\d+)", node.log())
+        assert match, node.log()
+        worker_pid = int(match.group(1))
+        assert _alive(worker_pid)
+
+        os.kill(node.pid, signal.SIGKILL)
+
+        wait_for("the worker to exit", lambda: not _alive(worker_pid), timeout=10, logs=node.log)
+        wait_for("the build's sleep to be killed", lambda: not pids_running(sleep), timeout=10, logs=node.log)
+        assert "the node that started this worker is gone" in node.log()
+    finally:
+        shutil.rmtree(worker_work_dir(str(data_dir)), ignore_errors=True)

@@ -24,14 +24,11 @@ from metrics_helpers import (
     running_node,
     wait_page,
 )
-from node_helpers import free_port, unique_cgroup_root
+from node_helpers import free_port, group_cgroup, unique_cgroup_root
 
 from web_node.metrics import CHILD_TIMEOUT_S
 
 pytestmark = pytest.mark.real_kernel
-
-UNIFIED = Path("/sys/fs/cgroup/unified")
-MEMORY = Path("/sys/fs/cgroup/memory")
 
 
 @dataclass(frozen=True)
@@ -46,11 +43,7 @@ class SupervisedNode:
         return f"http://{self.metrics}/metrics"
 
     def pids(self, group: str) -> list[int]:
-        for hierarchy in (UNIFIED, MEMORY):
-            procs = hierarchy / self.cgroup_root.strip("/") / group / "cgroup.procs"
-            if procs.exists():
-                return [int(p) for p in procs.read_text().split()]
-        return []
+        return sorted(group_cgroup(self.cgroup_root, group).pids())
 
 
 def group_up(page: Page, group: str) -> bool:
@@ -59,8 +52,6 @@ def group_up(page: Page, group: str) -> bool:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisedNode]:
-    if os.geteuid() != 0 or not ((MEMORY / "memory.limit_in_bytes").exists() or (UNIFIED / "cgroup.controllers").exists()):
-        pytest.skip("a supervised node with cgroups needs root and a cgroup filesystem")
     work = tmp_path_factory.mktemp("node")
     root = unique_cgroup_root()
     api, metrics = free_port(), free_port()

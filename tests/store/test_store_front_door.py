@@ -20,8 +20,10 @@ T0 = 1_700_000_000.0
 
 def test_exported_members() -> None:
     assert sorted(web_node.store.__all__) == sorted([
-        "FINISHED_STATUSES", "AsyncStore", "Build", "BuildEvent", "BuildStatus", "Component", "Job", "JobConfig",
+        "FINISHED_STATUSES", "AsyncStore", "Build", "BuildEnd", "BuildEvent", "BuildStatus", "Component", "EventBatch",
+        "Job", "JobConfig",
         "JobSummary", "Pipeline", "PostgresStore", "SqliteStore", "StepConfig", "Store", "Worker", "open_store",
+        "redact_database_url",
     ])
     for name in web_node.store.__all__:
         assert getattr(web_node.store, name) is not None

@@ -1,7 +1,8 @@
 """Helpers of the supervisor tests (conftest.py and the test modules import
 them): real nodes (``python -m web_node ...``) on free ports, with a tmp
 data_dir and a cgroup root of their own, read through the control socket and
-the kernel's own files.
+the kernel's own files (through the ``cgroups`` library, so that the same test
+runs on a v2, hybrid or v1 host).
 
 Two ways to get a node, both always stopped (and their cgroup root removed)
 even when a test fails:
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node_helpers import NodeProcess, free_port, remove_cgroup_root, unique_cgroup_root
+from node_helpers import TIME_SCALE, NodeProcess, cgroup_dirs_left, free_port, group_cgroup, remove_cgroup_root, unique_cgroup_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # tests/cgroups would otherwise shadow the real ``cgroups`` package (a namespace
@@ -33,15 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-UNIFIED = Path("/sys/fs/cgroup/unified")
-MEMORY = Path("/sys/fs/cgroup/memory")
 HTTP_MEMBERS = ("api", "ui", "gateway")
 BACKEND = ("scheduler", "build-tracker", "gc", "syslog-drainer")
 GRACE_S = 3.0
-
-
-def have_hybrid_cgroups() -> bool:
-    return os.geteuid() == 0 and (UNIFIED / "cgroup.procs").exists() and (MEMORY / "memory.limit_in_bytes").exists()
 
 
 # ---------------------------------------------------------------- config
@@ -85,35 +80,41 @@ def disabled(*names: str) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- kernel
 
 
-def unified_dir(root: str, group: str | None = None) -> Path:
-    d = UNIFIED / root.strip("/")
-    return d / group if group else d
+__all__ = ["cgroup_dirs_left", "group_cgroup"]  # re-exported for the test modules
 
 
-def memory_dir(root: str, group: str | None = None) -> Path:
-    d = MEMORY / root.strip("/")
-    return d / group if group else d
+def group_exists(root: str, group: str) -> bool:
+    """Whether the group's cgroup directory exists (in any hierarchy)."""
+    return group_cgroup(root, group).exists()
 
 
 def cgroup_procs(root: str, group: str) -> list[int]:
-    try:
-        return [int(p) for p in (unified_dir(root, group) / "cgroup.procs").read_text().split()]
-    except FileNotFoundError:
-        return []
+    """The processes in the group's cgroup (every hierarchy), [] when it does not exist."""
+    return sorted(group_cgroup(root, group).pids())
 
 
-def memory_limit(root: str, group: str) -> int:
-    return int((memory_dir(root, group) / "memory.limit_in_bytes").read_text())
+def memory_limit(root: str, group: str) -> int | None:
+    """The kernel's memory limit of the group (v2 memory.max, v1 memory.limit_in_bytes); None when unlimited."""
+    return group_cgroup(root, group).memory_limit_bytes()
 
 
-def proc_cgroups(pid: int) -> dict[str, str]:
-    """/proc/PID/cgroup as {hierarchy: path}; the v2 line is under "unified"."""
-    out = {}
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for c in controllers.split(",") if controllers else ["unified"]:
-            out[c] = path
-    return out
+def oom_kills(root: str, group: str) -> int | None:
+    """The kernel's OOM kill count of the group (v2 memory.events, v1 memory.oom_control)."""
+    return group_cgroup(root, group).oom_kill_count()
+
+
+def placed_in_group(pid: int, root: str, group: str) -> dict[str, tuple[str, str]]:
+    """Where ``pid`` is against where the group's cgroup is, for each hierarchy where they differ:
+    {hierarchy: (the process's cgroup, the group's directory)}; {} when it is in the group everywhere."""
+    from cgroups._detect import parse_proc_cgroup
+
+    where = parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+    wrong = {}
+    for key, directory in group_cgroup(root, group).paths().items():
+        inside = where.get(key)
+        if inside is None or not inside.endswith(f"/{group}") or not directory.endswith(inside):
+            wrong[key] = (str(inside), directory)
+    return wrong
 
 
 def alive(pid: int) -> bool:
@@ -134,16 +135,6 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(interval)
-
-
-def cgroup_dirs_left(root: str) -> list[str]:
-    """Every directory still there below (or at) ``root`` in any hierarchy."""
-    left = []
-    for mount in Path("/sys/fs/cgroup").iterdir():
-        top = mount / root.strip("/")
-        if top.is_dir():
-            left += [str(top)] + [str(p) for p in top.rglob("*") if p.is_dir()]
-    return left
 
 
 # ---------------------------------------------------------------- the node
@@ -201,6 +192,7 @@ class Node:
 
     def wait_groups(self, check: Callable[[dict[str, dict[str, Any]]], bool], what: str,
                     timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+        timeout *= TIME_SCALE
         deadline = time.monotonic() + timeout
         last: dict[str, dict[str, Any]] | None = None
         while time.monotonic() < deadline:
@@ -237,7 +229,8 @@ class Node:
         count = sum(before.count(m) for m in marks)
         self.write_config(text)
         os.kill(self.pid, signal.SIGHUP)
-        wait_until(lambda: sum(self.log().count(m) for m in marks) > count, timeout, "the node to finish a reload")
+        wait_until(lambda: sum(self.log().count(m) for m in marks) > count, timeout * TIME_SCALE,
+                   "the node to finish a reload")
         return self.log()[len(before):]
 
 

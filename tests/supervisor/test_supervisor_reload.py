@@ -16,10 +16,10 @@ from supervisor_nodes import (
     alive,
     cgroup_procs,
     disabled,
+    group_exists,
     memory_limit,
     module_node,
     node_toml,
-    unified_dir,
 )
 
 MiB = 1024**2
@@ -98,7 +98,7 @@ def test_real_kernel_sighup_disabling_a_member_stops_its_group_and_enabling_star
     assert "reload: group gateway stops" in new_lines, new_lines
     groups = node.wait_groups(lambda g: "gateway" not in g, "gateway gone from the status")
     assert not alive(old)
-    assert not unified_dir(node.cgroup_root, "gateway").exists()
+    assert not group_exists(node.cgroup_root, "gateway")
     assert groups["api"]["pid"] == before["api"]["pid"] and groups["backend"]["pid"] == before["backend"]["pid"]
 
     new_lines = node.reload(render(node, backend_max=limit, gateway=True))

@@ -16,7 +16,6 @@ one node, or ``quickstart`` before its children — agree on one token.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import secrets
 import stat
@@ -28,20 +27,27 @@ from quart import request
 from quart_trio import QuartTrio
 
 from web_node.errors import MemberError
-from web_node.http._app import error_response
+from web_node.http._app import gate_of
+from web_node.http._gate import Bearer
 
 if TYPE_CHECKING:
     from web_node.members import MemberContext
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe: 43 characters
+MIN_TOKEN_CHARS = 16  # a configured token shorter than this is refused: guessable, or a placeholder left in
 
 
 def parse_token(value: object) -> str | None:
-    """``Option.parse`` for a token: unset or ``""`` means "generate one"."""
+    """``Option.parse`` for a token: unset or ``""`` means "generate one"; at least MIN_TOKEN_CHARS printable characters."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or any(c.isspace() for c in value):
-        raise ValueError("a token must be a string without spaces (or leave it out to have one generated into data_dir)")
+    if not isinstance(value, str) or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError("a token must be a string without spaces or control characters "
+                         "(or leave it out to have one generated into data_dir)")
+    if len(value) < MIN_TOKEN_CHARS:
+        raise ValueError(f"a token must be at least {MIN_TOKEN_CHARS} characters, this one has {len(value)}; make one with "
+                         "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, or leave it out to have one "
+                         "generated into data_dir")
     return value
 
 
@@ -113,35 +119,16 @@ def resolve_token(ctx: MemberContext, *, option: str, filename: str) -> str:
 def require_bearer(app: QuartTrio, ctx: MemberContext, token: str, *, exempt: Iterable[str] = (), hint: str = "") -> None:
     """Answer 401 to calls of the member's endpoints that lack ``Authorization: Bearer <token>``.
 
-    Endpoints named in ``exempt`` stay open; so do routes that are not the
+    Only endpoints declared with ``auth="token"`` and not named in ``exempt`` are guarded; routes that are not the
     member's endpoints (``/healthz``), and unknown routes and wrong methods,
     which answer 404 and 405 whoever asks. ``hint`` tells the caller where
-    the token comes from.
+    the token comes from. The answer closes the connection without reading the body.
     """
-    guarded = {e.name for e in ctx.member.endpoints} - set(exempt)
-    expected = token.encode()
+    guarded = {e.name for e in ctx.member.endpoints if e.auth == "token"} - set(exempt)
     where = hint or f"[members.{ctx.member.name}] token, or the token file in data_dir when that is unset"
-
-    def refuse(message: str) -> Any:
-        response = error_response(401, message)
-        response.headers["WWW-Authenticate"] = f'Bearer realm="web-node {ctx.member.name}"'
-        return response
-
-    @app.before_request
-    async def authenticate() -> Any:
-        rule = request.url_rule
-        if rule is None or rule.endpoint not in guarded:
-            return None
-        header = request.headers.get("Authorization")
-        if not header:
-            return refuse(f"missing token: send 'Authorization: Bearer <token>' with the {where}")
-        scheme, _, given = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return refuse(f"the Authorization header must be 'Bearer <token>', not {scheme!r}; the token is the {where}")
-        # compare_digest: the time taken does not tell how much of a guess was right.
-        if not hmac.compare_digest(given.strip().encode(), expected):
-            return refuse(f"wrong token: the token is the {where}")
-        return None
+    # Checked by the request gate, from the request head: a refused body is never read (see _gate.py).
+    gate_of(app).bearer = Bearer(token=token.encode(), guarded=frozenset(guarded), hint=where,
+                                 realm=f"web-node {ctx.member.name}")
 
 
 def drain_request_body(app: QuartTrio) -> None:

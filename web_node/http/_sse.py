@@ -34,12 +34,15 @@ class FollowTiming:
     ``finish_grace_s``: a build found finished without its ``finish`` event is given this long for
     the event to arrive (whoever finished it writes the event right after) before one is made up.
     ``retry_ms``: what a browser waits before reconnecting a dropped stream.
+    ``page``: events read per store query. A stream holds at most one page while its client reads
+    slowly (or not at all), so this bounds what each open stream can pin in memory.
     """
 
     poll_s: float = 0.2
     keepalive_s: float = 15.0
     finish_grace_s: float = 1.0
     retry_ms: int = 2000
+    page: int = 2
 
 
 def sse_event(data: dict[str, Any], *, event_id: int | None = None) -> bytes:
@@ -67,7 +70,7 @@ def resume_after() -> int:
     """Where a stream starts: after ``Last-Event-ID`` (a client reconnecting) or ``?after=SEQ``; else 0."""
     raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
     try:
-        return max(0, int(raw))
+        return min(max(0, int(raw)), 2**63 - 1)  # sequence numbers are 64-bit in the store
     except ValueError:
         return 0
 
@@ -102,12 +105,14 @@ async def follow_build_events(
     finished_seen_at: float | None = None
     try:
         while stop is None or not stop.is_set():
-            events = await store.list_events(build_id, seq)
+            events = await store.list_events(build_id, seq, timing.page)
             for event in events:
                 yield sse_event({**event.to_json(), "build_id": build_id}, event_id=event.seq)
                 seq = event.seq
                 if event.type == "finish":
                     return
+            if len(events) == timing.page:
+                continue  # a full page: more are waiting (replay), read on without the poll's pause
             now = trio.current_time()
             if events:
                 quiet_since = now

@@ -43,6 +43,12 @@ class Endpoint:
     method: str
     path: str  # quart rule syntax, e.g. /api/v1/pipelines/<pipeline>
     description: str = ""
+    #: Who may call it: "token" (the member's bearer token; require_bearer guards these), "none", or the
+    #: name of another credential the member checks itself (e.g. "worker credential"), as the docs show it.
+    auth: str = "token"
+    #: The statuses this endpoint answers itself, with what each means (docs/http-api.md and the OpenAPI
+    #: document are made from these; 401 for auth and 404 for a disabled endpoint are added there).
+    responses: tuple[tuple[int, str], ...] = ((200, "OK"),)
 
     def __post_init__(self) -> None:
         if not _ENDPOINT_NAME.fullmatch(self.name):
@@ -63,6 +69,7 @@ class Option:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    type: str = "value"  # what to write in TOML, as docs/configuration.md names it: "duration", "string", ...
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""api: the JSON API of SPEC.md.
+"""api: the JSON API (docs/http-api.md; its OpenAPI document at GET /api/v1/openapi.json).
 
 Every call but GetInfo needs ``Authorization: Bearer <token>``: the token is
 ``[members.api] token``, or, when that is unset, the one generated on first
@@ -35,11 +35,14 @@ from web_node.errors import NotFound
 from web_node.http import (
     ApiError,
     FollowTiming,
+    count_streams,
     endpoint,
     error_response,
     follow_build_events,
+    limit_body,
     log_disabled,
     new_app,
+    openapi_document,
     parse_token,
     require_bearer,
     resolve_token,
@@ -58,24 +61,51 @@ MAX_LIST_LIMIT = 1000
 EVENTS_TIMING = FollowTiming(poll_s=0.2)
 
 ENDPOINTS = (
-    Endpoint("GetInfo", "GET", "/api/v1/info", "what this api is: version, member, group, host, pid; no token needed"),
-    Endpoint("ListAllJobs", "GET", "/api/v1/jobs", "every job of every pipeline with its latest build (heavy)"),
-    Endpoint("ListPipelines", "GET", "/api/v1/pipelines", "every pipeline"),
-    Endpoint("SetPipeline", "PUT", "/api/v1/pipelines/<pipeline>", "create or replace a pipeline from a JSON or YAML config"),
-    Endpoint("GetPipeline", "GET", "/api/v1/pipelines/<pipeline>", "one pipeline with its config and jobs"),
-    Endpoint("DeletePipeline", "DELETE", "/api/v1/pipelines/<pipeline>", "remove a pipeline, its jobs, builds and events"),
-    Endpoint("ListJobs", "GET", "/api/v1/pipelines/<pipeline>/jobs", "the jobs of a pipeline"),
-    Endpoint("GetJob", "GET", "/api/v1/pipelines/<pipeline>/jobs/<job>", "one job with its latest build"),
-    Endpoint("ListJobBuilds", "GET", "/api/v1/pipelines/<pipeline>/jobs/<job>/builds", "a job's builds, newest first"),
-    Endpoint("CreateJobBuild", "POST", "/api/v1/pipelines/<pipeline>/jobs/<job>/builds", "start a build of a job now"),
-    Endpoint("ListBuilds", "GET", "/api/v1/builds", "builds, newest first (?limit, ?pipeline, ?job)"),
-    Endpoint("GetBuild", "GET", "/api/v1/builds/<int:build_id>", "one build"),
-    Endpoint("BuildEvents", "GET", "/api/v1/builds/<int:build_id>/events", "a build's events as server-sent events, live"),
-    Endpoint("AbortBuild", "PUT", "/api/v1/builds/<int:build_id>/abort", "abort a pending or started build"),
-    Endpoint("ListWorkers", "GET", "/api/v1/workers", "registered workers"),
-    Endpoint("ListComponents", "GET", "/api/v1/components", "running members and whether they are paused"),
-    Endpoint("PauseComponent", "PUT", "/api/v1/components/<component>/pause", "pause a periodic member"),
-    Endpoint("UnpauseComponent", "PUT", "/api/v1/components/<component>/unpause", "resume a paused member"),
+    Endpoint("GetInfo", "GET", "/api/v1/info", "what this api is: version, member, group, host, pid; no token needed",
+             auth="none", responses=((200, "the info, with every endpoint and whether it is enabled"),)),
+    Endpoint("GetOpenAPI", "GET", "/api/v1/openapi.json", "this API described as an OpenAPI 3 document; no token needed",
+             auth="none", responses=((200, "the OpenAPI document"),)),
+    Endpoint("ListAllJobs", "GET", "/api/v1/jobs", "every job of every pipeline with its latest build (heavy)",
+             responses=((200, "{jobs: [...]}, each with its latest_build"),)),
+    Endpoint("ListPipelines", "GET", "/api/v1/pipelines", "every pipeline",
+             responses=((200, "{pipelines: [...]}"),)),
+    Endpoint("SetPipeline", "PUT", "/api/v1/pipelines/<pipeline>", "create or replace a pipeline from a JSON or YAML config",
+             responses=((200, "replaced"), (201, "created"), (400, "bad pipeline name or config; nothing is stored"),
+                        (413, f"the config is larger than {MAX_BODY_BYTES // 1024} KiB"))),
+    Endpoint("GetPipeline", "GET", "/api/v1/pipelines/<pipeline>", "one pipeline with its config and jobs",
+             responses=((200, "the pipeline"), (400, "the pipeline name is not valid"), (404, "no such pipeline"))),
+    Endpoint("DeletePipeline", "DELETE", "/api/v1/pipelines/<pipeline>", "remove a pipeline, its jobs, builds and events",
+             responses=((204, "deleted"), (400, "the pipeline name is not valid"), (404, "no such pipeline"))),
+    Endpoint("ListJobs", "GET", "/api/v1/pipelines/<pipeline>/jobs", "the jobs of a pipeline",
+             responses=((200, "{jobs: [...]}"), (400, "the pipeline name is not valid"), (404, "no such pipeline"))),
+    Endpoint("GetJob", "GET", "/api/v1/pipelines/<pipeline>/jobs/<job>", "one job with its latest build",
+             responses=((200, "the job"), (400, "the pipeline or job name is not valid"), (404, "no such pipeline or job"))),
+    Endpoint("ListJobBuilds", "GET", "/api/v1/pipelines/<pipeline>/jobs/<job>/builds", "a job's builds, newest first",
+             responses=((200, "{builds: [...]}"),
+                        (400, f"the pipeline or job name is not valid, or ?limit is not 1 to {MAX_LIST_LIMIT}"),
+                        (404, "no such pipeline or job"))),
+    Endpoint("CreateJobBuild", "POST", "/api/v1/pipelines/<pipeline>/jobs/<job>/builds", "start a build of a job now",
+             responses=((201, "the new build (Location: /api/v1/builds/ID)"), (400, "the pipeline or job name is not valid"),
+                        (404, "no such pipeline or job"))),
+    Endpoint("ListBuilds", "GET", "/api/v1/builds", "builds, newest first (?limit, ?pipeline, ?job)",
+             responses=((200, "{builds: [...]}"),
+                        (400, f"?pipeline or ?job is not a valid name, or ?limit is not 1 to {MAX_LIST_LIMIT}"))),
+    Endpoint("GetBuild", "GET", "/api/v1/builds/<int:build_id>", "one build",
+             responses=((200, "the build"), (404, "no such build"))),
+    Endpoint("BuildEvents", "GET", "/api/v1/builds/<int:build_id>/events", "a build's events as server-sent events, live",
+             responses=((200, "text/event-stream: past events, then new ones; ends after the finish event"),
+                        (404, "no such build"))),
+    Endpoint("AbortBuild", "PUT", "/api/v1/builds/<int:build_id>/abort", "abort a pending or started build",
+             responses=((200, "the aborted build"), (404, "no such build"), (409, "the build has already finished"))),
+    Endpoint("ListWorkers", "GET", "/api/v1/workers", "registered workers",
+             responses=((200, "{workers: [...]}"),)),
+    Endpoint("ListComponents", "GET", "/api/v1/components", "running members and whether they are paused",
+             responses=((200, "{components: [...]}"),)),
+    Endpoint("PauseComponent", "PUT", "/api/v1/components/<component>/pause", "pause a periodic member",
+             responses=((200, "the component, paused"), (400, "the component name is not valid"), (404, "no such component"))),
+    Endpoint("UnpauseComponent", "PUT", "/api/v1/components/<component>/unpause", "resume a paused member",
+             responses=((200, "the component, running"), (400, "the component name is not valid"),
+                        (404, "no such component"))),
 )
 
 
@@ -120,11 +150,21 @@ def version() -> str:
 # ---------------------------------------------------------------- request helpers
 
 
-def _name(kind: str, value: str) -> str:
+def _name(kind: str, value: str, field: str = "") -> str:
+    """``value`` when it can name a ``kind`` (no control characters, no '/'); else 400 naming the field.
+
+    Every name in a path or query is checked before the store sees it: no stored name can fail
+    the check (SetPipeline stores only checked names), and the error, not a 404 or a log line,
+    is where a name holding a newline or a terminal escape ends."""
     try:
         return check_name(kind, value)
     except PipelineConfigError as e:
-        raise ApiError(400, str(e)) from None
+        raise ApiError(400, f"{field}: {e}" if field else str(e)) from None
+
+
+def _optional_name(kind: str, key: str) -> str | None:
+    value = request.args.get(key)
+    return None if value is None else _name(kind, value, f"?{key}=")
 
 
 def _list_limit() -> int:
@@ -136,7 +176,8 @@ def _list_limit() -> int:
     except ValueError:
         limit = 0
     if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise ApiError(400, f"limit={raw!r} must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        shown = repr(raw) if len(raw) <= 30 else f"{raw[:20]!r}... ({len(raw)} characters)"
+        raise ApiError(400, f"limit={shown} must be a whole number from 1 to {MAX_LIST_LIMIT}")
     return limit
 
 
@@ -145,9 +186,11 @@ def _list_limit() -> int:
 
 async def make_app(ctx: MemberContext) -> Any:
     app = new_app(ctx)
+    limit_body(app, "SetPipeline", MAX_BODY_BYTES, advice="split it into several pipelines")
+    count_streams(app, "BuildEvents")  # [members.api] max_streams at once; 503 beyond
     log_disabled(ctx)
     token = resolve_token(ctx, option="token", filename=TOKEN_FILE)
-    require_bearer(app, ctx, token, exempt={"GetInfo"},
+    require_bearer(app, ctx, token,
                    hint=f"[members.{ctx.member.name}] token, or the content of data_dir/{TOKEN_FILE} when that is unset")
     started_at = time.time()
     host = socket.gethostname()
@@ -189,6 +232,12 @@ async def make_app(ctx: MemberContext) -> Any:
                           for e in ctx.member.endpoints],
         }
 
+    openapi = openapi_document(ctx.member, running_version)
+
+    @endpoint(app, ctx, "GetOpenAPI")
+    async def get_openapi() -> Any:
+        return openapi
+
     # -- pipelines and jobs
 
     @endpoint(app, ctx, "ListAllJobs")
@@ -224,21 +273,25 @@ async def make_app(ctx: MemberContext) -> Any:
 
     @endpoint(app, ctx, "GetPipeline")
     async def get_pipeline(pipeline: str) -> Any:
+        pipeline = _name("pipeline", pipeline)
         found = await store.get_pipeline(pipeline)
         return pipeline_json(found, await store.list_jobs(pipeline))
 
     @endpoint(app, ctx, "DeletePipeline")
     async def delete_pipeline(pipeline: str) -> Any:
+        pipeline = _name("pipeline", pipeline)
         await store.delete_pipeline(pipeline)
         ctx.log.info("pipeline %s deleted through the API, with its jobs, builds and events", pipeline)
         return "", 204
 
     @endpoint(app, ctx, "ListJobs")
     async def list_jobs(pipeline: str) -> Any:
+        pipeline = _name("pipeline", pipeline)
         return {"jobs": [job_json(j) for j in await store.list_jobs(pipeline)]}
 
     @endpoint(app, ctx, "GetJob")
     async def get_job(pipeline: str, job: str) -> Any:
+        pipeline, job = _name("pipeline", pipeline), _name("job", job)
         found = await store.get_job(pipeline, job)
         latest = await store.list_builds(limit=1, pipeline=pipeline, job=job)
         return {**job_json(found), "latest_build": _build_or_none(latest[0] if latest else None)}
@@ -247,12 +300,14 @@ async def make_app(ctx: MemberContext) -> Any:
 
     @endpoint(app, ctx, "ListJobBuilds")
     async def list_job_builds(pipeline: str, job: str) -> Any:
+        pipeline, job = _name("pipeline", pipeline), _name("job", job)
         limit = _list_limit()
         await store.get_job(pipeline, job)  # 404 for an unknown job rather than an empty list
         return {"builds": [b.to_json() for b in await store.list_builds(limit=limit, pipeline=pipeline, job=job)]}
 
     @endpoint(app, ctx, "CreateJobBuild")
     async def create_job_build(pipeline: str, job: str) -> Any:
+        pipeline, job = _name("pipeline", pipeline), _name("job", job)
         build = await store.create_build(pipeline, job, "manual", time.time())
         ctx.log.info("build %d of %s/%s created through the API", build.id, pipeline, job)
         return build.to_json(), 201, {"Location": f"/api/v1/builds/{build.id}"}
@@ -260,7 +315,7 @@ async def make_app(ctx: MemberContext) -> Any:
     @endpoint(app, ctx, "ListBuilds")
     async def list_builds() -> Any:
         limit = _list_limit()
-        pipeline, job = request.args.get("pipeline"), request.args.get("job")
+        pipeline, job = _optional_name("pipeline", "pipeline"), _optional_name("job", "job")
         return {"builds": [b.to_json() for b in await store.list_builds(limit=limit, pipeline=pipeline, job=job)]}
 
     @endpoint(app, ctx, "GetBuild")
@@ -278,12 +333,11 @@ async def make_app(ctx: MemberContext) -> Any:
         build = await store.get_build(build_id)
         if build.status not in FINISHED_STATUSES:
             now = time.time()
-            build = await store.finish_build(build_id, "aborted", now)
-            # finish_build changes only an unfinished build: the end time says whether this call did it,
-            # or whoever else finished the build meanwhile (a worker, the build-tracker, another abort).
-            if build.status == "aborted" and build.end_time == now:
-                await store.append_event(build_id, "status", {"status": "aborted"}, now)
-                await store.append_event(build_id, "finish", {"status": "aborted"}, now)
+            # One transaction: the status event, the finish event and the status, or nothing when
+            # someone else (a worker, the build-tracker, another abort) finished the build meanwhile.
+            ended = await store.end_build(build_id, "aborted", now, events=[("status", {"status": "aborted"})])
+            build = ended.build
+            if ended.ended:
                 ctx.log.info("build %d of %s/%s aborted through the API (it was run by %s)", build.id, build.pipeline,
                              build.job, f"worker {build.worker}" if build.worker else "no worker yet")
                 return build.to_json()
@@ -301,6 +355,7 @@ async def make_app(ctx: MemberContext) -> Any:
         return {"components": [c.to_json() for c in await store.list_components()]}
 
     async def set_paused(component: str, paused: bool) -> Any:
+        component = _name("component", component)
         try:
             found = await store.set_component_paused(component, paused)
         except NotFound:
@@ -330,7 +385,8 @@ MEMBER = Member(
     endpoints=ENDPOINTS,
     options=(
         Option("token", parse_token, None,
-               f"the bearer token API clients send; unset: generated into data_dir/{TOKEN_FILE} (mode 0600)"),
+               f"the bearer token API clients send, at least 16 characters; unset: generated into data_dir/{TOKEN_FILE} "
+               "(mode 0600)", "string"),
     ),
     make_app=make_app,
 )

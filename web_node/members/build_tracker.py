@@ -9,8 +9,9 @@ Each run looks at every started build:
   an ``error`` event "timed out after 10m". Its worker learns that the build
   finished on its next event or heartbeat and kills the build's processes.
 
-Both events come before the ``finish`` event, and the build's status is set
-last, so whoever follows the build's events sees why before the end.
+Both events come before the ``finish`` event and commit with it and the
+final status in one transaction, so whoever follows the build's events sees
+why before the end, and a build never ends twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from web_node.errors import NotFound
 from web_node.members._context import MemberContext
 from web_node.members._member import Member, Option
-from web_node.store import FINISHED_STATUSES, Build, BuildStatus, Worker
+from web_node.store import Build, BuildStatus, Worker
 from web_node.units import DURATION_HELP, parse_duration
 
 
@@ -59,20 +60,18 @@ def _vanished_reason(build: Build, worker: Worker | None, now: float, timeout_s:
     return None
 
 
-async def end_build(ctx: MemberContext, build: Build, status: BuildStatus, message: str | None, now: float) -> bool:
-    """Explain (when ``message``), write the ``finish`` event, then set the final status.
+async def end_build(ctx: MemberContext, build: Build, status: BuildStatus, message: str | None, now: float,
+                    *, worker: str | None = None) -> bool:
+    """Explain (an ``error`` event, when ``message``), write the ``finish`` event and set the final
+    status, in one store transaction (:meth:`~web_node.store.Store.end_build`).
 
     Returns False, and writes nothing, when the build had finished meanwhile.
-    The gateway ends builds the same way when a worker reports a result.
+    The gateway ends builds the same way when a worker reports a result
+    (``worker``: only the worker that runs the build may).
     """
-    current = await ctx.store.get_build(build.id)
-    if current.status in FINISHED_STATUSES:
-        return False
-    if message:
-        await ctx.store.append_event(build.id, "error", {"message": message}, now)
-    await ctx.store.append_event(build.id, "finish", {"status": status}, now)
-    await ctx.store.finish_build(build.id, status, now)
-    return True
+    events = [("error", {"message": message})] if message else []
+    ended = await ctx.store.end_build(build.id, status, now, events=events, worker=worker)
+    return ended.ended
 
 
 async def tick(ctx: MemberContext) -> None:
@@ -103,7 +102,7 @@ MEMBER = Member(
     interval_s=10.0,
     options=(
         Option("worker_timeout", _worker_timeout, 30.0,
-               f"error a running build when its worker sent no heartbeat for this long: {DURATION_HELP}"),
+               f"error a running build when its worker sent no heartbeat for this long: {DURATION_HELP}", "duration"),
     ),
     tick=tick,
 )

@@ -1,35 +1,47 @@
 """syslog-drainer: ships finished build logs to syslog (RFC 5424) when configured.
 
-Each run looks at the newest builds (``window`` of them), and ships every
-finished one it has not shipped before: one message per line of step output
-(MSGID ``log``), then one summary message (MSGID ``finish``), each carrying the
-build in structured data::
+Each run ships the oldest finished builds not shipped yet (at most ``window``
+of them): one message per line of step output (MSGID ``log``), then one
+summary message (MSGID ``finish``), each carrying the build in structured
+data (UTF-8, RFC 5424 section 6.3.3)::
 
     <14>1 2025-01-01T10:00:00.000000Z ci-host web-node 42 log [build@32473 id="42" pipeline="p" job="unit" step="0"] hello
 
-What was shipped is remembered in ``data_dir/syslog-drainer.json`` (written
-atomically after each build), so a restart does not ship a build twice. A
-build whose sending failed half-way is shipped again, whole, on the next run:
-delivery is at least once.
+What was shipped is marked on the build in the store, after its last
+message went out, so a restart (of this process or of another node's drainer
+on the same database) does not ship a build twice, and gc keeps every build
+not shipped yet while a drainer is configured. A build whose sending failed
+half-way is shipped again, whole, on the next run: delivery is at least once.
+
+Connecting and each message have a deadline (``send_timeout``): a receiver
+that stops reading fails the run, which is retried on the next one. A build
+whose log cannot be turned into messages (a damaged record) is logged,
+replaced by one message that says so, marked shipped and skipped: one bad
+build never stops the others from shipping.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import socket
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 
-from web_node.errors import MemberError, StoreError
+from web_node.errors import MemberError, NotFound, StoreError
 from web_node.members._context import MemberContext
 from web_node.members._member import Member, Option
-from web_node.store import FINISHED_STATUSES, Build, BuildEvent
-from web_node.syslog import ADDRESS_HELP, FACILITIES, SyslogAddress, format_message, open_sender, parse_address
+from web_node.store import Build, BuildEvent
+from web_node.syslog import (
+    ADDRESS_HELP,
+    FACILITIES,
+    SyslogAddress,
+    SyslogSender,
+    format_message,
+    open_sender,
+    parse_address,
+)
+from web_node.units import DURATION_HELP, parse_duration
 
-STATE_FILE = "syslog-drainer.json"
 # Structured-data ID: a name of our own must carry "@" and an enterprise number;
 # 32473 is the number RFC 5612 reserves for documentation and examples.
 SD_ID = "build@32473"
@@ -58,62 +70,27 @@ def _parse_app_name(value: object) -> str:
     return value
 
 
+def _parse_send_timeout(value: object) -> float:
+    seconds = parse_duration(value)  # type: ignore[arg-type]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than zero")
+    return seconds
+
+
 def _parse_window(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
         raise ValueError(f"{value!r} must be a whole number from 1 to 100000")
     return value
 
 
-# ---------------------------------------------------------------- what was shipped
-
-
-@dataclass
-class DrainState:
-    """Build ids already shipped, kept in a small JSON file in ``data_dir``."""
-
-    path: str
-    shipped: set[int] = field(default_factory=set)
-
-    @classmethod
-    def load(cls, path: str) -> DrainState:
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-            shipped = {int(i) for i in doc.get("shipped", [])}
-        except FileNotFoundError:
-            shipped = set()
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            raise MemberError(
-                f"cannot read what syslog-drainer already shipped from {path}: {e}; fix or delete the file "
-                "(deleting it ships the newest finished builds again)", member="syslog-drainer") from e
-        return cls(path, shipped)
-
-    def save(self) -> None:
-        """Write the file atomically: a crash leaves either the old or the new content."""
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".syslog-drainer.", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"shipped": sorted(self.shipped)}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def forget_below(self, lowest_id: int) -> None:
-        """Builds older than the window are never looked at again: drop them, so the file stays small."""
-        self.shipped = {i for i in self.shipped if i >= lowest_id}
-
-
 # ---------------------------------------------------------------- messages
 
 
-def build_messages(build: Build, events: list[BuildEvent], *, facility: str, hostname: str, app_name: str) -> Iterator[bytes]:
-    """The RFC 5424 messages for one finished build: its output line by line, then a summary."""
+async def build_messages(build: Build, pages: AsyncIterable[list[BuildEvent]], *, facility: str, hostname: str,
+                         app_name: str) -> AsyncGenerator[bytes, None]:
+    """The RFC 5424 messages for one finished build: its output line by line, then a summary.
+
+    ``pages``: the build's events a page at a time (``AsyncStore.event_pages``), never all in memory."""
     sd_base = {"id": str(build.id), "pipeline": build.pipeline, "job": build.job}
 
     def message(text: str, when: float | None, msgid: str, severity: str, extra: dict[str, str]) -> bytes:
@@ -123,18 +100,19 @@ def build_messages(build: Build, events: list[BuildEvent], *, facility: str, hos
 
     # Output arrives in chunks that may end mid-line: join each step's chunks, cut at newlines.
     pending: dict[str, str] = {}
-    for event in events:
-        if event.type == "log":
-            step = str(event.payload.get("step", ""))
-            text = pending.pop(step, "") + str(event.payload.get("output", ""))
-            *lines, rest = text.split("\n")
-            if rest:
-                pending[step] = rest
-            for line in lines:
-                for piece in _pieces(line.rstrip("\r")):
-                    yield message(piece, event.time, "log", "info", {"step": step})
-        elif event.type == "error":
-            yield message(str(event.payload.get("message", "")), event.time, "error", "err", {})
+    async for events in pages:
+        for event in events:
+            if event.type == "log":
+                step = str(event.payload.get("step", ""))
+                text = pending.pop(step, "") + str(event.payload.get("output", ""))
+                *lines, rest = text.split("\n")
+                if rest:
+                    pending[step] = rest
+                for line in lines:
+                    for piece in _pieces(line.rstrip("\r")):
+                        yield message(piece, event.time, "log", "info", {"step": step})
+            elif event.type in ("error", "truncated"):
+                yield message(str(event.payload.get("message", "")), event.time, "error", "err", {})
     for step, rest in pending.items():
         for piece in _pieces(rest.rstrip("\r")):
             yield message(piece, build.end_time, "log", "info", {"step": step})
@@ -153,6 +131,15 @@ def _pieces(line: str) -> Iterator[str]:
 
 # ---------------------------------------------------------------- the member
 
+#: Events read per store query: a build's output is shipped a page at a time (an event holds at most
+#: what one gateway request may carry, usually 64 KiB of text).
+EVENT_PAGE = 16
+
+
+
+class _SendFailed(Exception):
+    """The receiver failed (unreachable, closed, too slow): the run stops; the cause is an OSError."""
+
 
 async def tick(ctx: MemberContext) -> None:
     address: SyslogAddress | None = ctx.option("address")
@@ -162,40 +149,65 @@ async def tick(ctx: MemberContext) -> None:
                          "to %s to ship finished build logs, or disable this member", ADDRESS_HELP)
             ctx.state["told_unset"] = True
         return
-    state: DrainState | None = ctx.state.get("drain_state")
-    if state is None:
-        state = DrainState.load(os.path.join(ctx.config.node.data_dir, STATE_FILE))
-        ctx.state["drain_state"] = state
-    builds = await ctx.store.list_builds(limit=ctx.option("window"))
-    if builds:
-        state.forget_below(min(b.id for b in builds))
-    todo = sorted((b for b in builds if b.status in FINISHED_STATUSES and b.id not in state.shipped), key=lambda b: b.id)
+    todo = await ctx.store.list_unshipped_builds(ctx.option("window"))
     if not todo:
         return
-    hostname = socket.gethostname()
+    timeout_s: float = ctx.option("send_timeout")
     shipped: list[int] = []
     try:
-        async with open_sender(address) as sender:
+        async with open_sender(address, connect_timeout_s=timeout_s, send_timeout_s=timeout_s) as sender:
             for build in todo:
-                try:
-                    events = await ctx.store.list_events(build.id)
-                except StoreError as e:  # e.g. deleted by gc a moment ago
-                    ctx.log.warning("cannot read the events of build %d, skipping it this run: %s", build.id, e)
-                    continue
-                messages = build_messages(build, events, facility=ctx.option("facility"), hostname=hostname,
-                                          app_name=ctx.option("app_name"))
-                await sender.send_many(messages)
-                state.shipped.add(build.id)
-                state.save()
-                shipped.append(build.id)
-    except OSError as e:
+                if await _ship(ctx, sender, build):
+                    await ctx.store.mark_build_shipped(build.id, time.time())
+                    shipped.append(build.id)
+    except (OSError, _SendFailed) as e:
+        cause = e.__cause__ if isinstance(e, _SendFailed) else e
         raise MemberError(
-            f"shipping build logs to {address} failed after {len(shipped)} of {len(todo)} builds: {e}; "
-            "check that the syslog receiver runs and accepts this transport; the rest is retried next run",
-            member=ctx.member.name) from e
+            f"shipping build logs to {address} failed after {len(shipped)} of {len(todo)} builds: {cause}; "
+            "check that the syslog receiver runs, reads and accepts this transport; the rest is retried next run",
+            member=ctx.member.name) from cause
     finally:
         if shipped:
             ctx.log.info("shipped the logs of %d build(s) to %s (ids %s)", len(shipped), address, _ids(shipped))
+
+
+async def _ship(ctx: MemberContext, sender: SyslogSender, build: Build) -> bool:
+    """Send one build's messages; False when the build is gone. A bad build is logged, said so in one
+    message, and counts as shipped; a failing receiver raises _SendFailed; a failing store, StoreError."""
+    hostname = socket.gethostname()
+    facility: str = ctx.option("facility")
+    app_name: str = ctx.option("app_name")
+    try:
+        async with contextlib.aclosing(build_messages(build, ctx.store.event_pages(build.id, page=EVENT_PAGE),
+                                                      facility=facility, hostname=hostname,
+                                                      app_name=app_name)) as messages:
+            async for message in messages:
+                try:
+                    await sender.send(message)
+                except OSError as e:
+                    raise _SendFailed() from e
+    except _SendFailed:
+        raise
+    except NotFound:
+        return False  # deleted a moment ago (its pipeline was removed)
+    except StoreError:
+        raise  # the database failed, not this build: the run fails and is retried
+    except Exception as e:  # a damaged record, an output the formatter cannot take: this build only
+        what = f"{type(e).__name__}: {e}"
+        ctx.log.error("the log of build %d of %s/%s cannot be shipped (%s); skipping it so that the other builds "
+                      "ship; read it with the API (GET /api/v1/builds/%d/events) or repair its events",
+                      build.id, build.pipeline, build.job, what, build.id)
+        notice = format_message(
+            f"the log of build {build.id} of {build.pipeline}/{build.job} ({build.status}) could not be shipped: "
+            f"{what}; see the web-node log", facility=facility, severity="err", timestamp=build.end_time,
+            hostname=hostname, app_name=app_name, procid=str(build.id), msgid="unshippable",
+            structured_data={SD_ID: {"id": str(build.id), "pipeline": build.pipeline, "job": build.job,
+                                     "status": build.status}})
+        try:
+            await sender.send(notice)
+        except OSError as send_error:
+            raise _SendFailed() from send_error
+    return True
 
 
 def _ids(ids: list[int]) -> str:
@@ -210,10 +222,14 @@ MEMBER = Member(
     interval_s=30.0,
     options=(
         Option("address", _parse_optional_address, None,
-               f"where to send build logs: {ADDRESS_HELP}; unset: ship nothing"),
-        Option("facility", _parse_facility, "user", f"syslog facility of the messages: {', '.join(FACILITIES)}"),
-        Option("app_name", _parse_app_name, "web-node", "APP-NAME of the messages (at most 48 printable ASCII characters)"),
-        Option("window", _parse_window, 1000, "how many of the newest builds each run looks at"),
+               f"where to send build logs: {ADDRESS_HELP}; unset: ship nothing", "string"),
+        Option("facility", _parse_facility, "user", f"syslog facility of the messages: {', '.join(FACILITIES)}", "string"),
+        Option("app_name", _parse_app_name, "web-node", "APP-NAME of the messages (at most 48 printable ASCII characters)",
+               "string"),
+        Option("window", _parse_window, 1000, "at most how many builds each run ships, the oldest first", "integer"),
+        Option("send_timeout", _parse_send_timeout, SEND_TIMEOUT_S,
+               f"give up the run when the receiver takes longer than this to accept the connection or one message "
+               f"(the rest is retried next run): {DURATION_HELP}", "duration"),
     ),
     tick=tick,
 )

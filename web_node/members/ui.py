@@ -43,7 +43,16 @@ from quart import Response, render_template, request
 from quart_trio import QuartTrio
 
 from web_node.errors import NotFound
-from web_node.http import FollowTiming, endpoint, follow_build_events, log_disabled, new_app, resume_after, sse_response
+from web_node.http import (
+    FollowTiming,
+    count_streams,
+    endpoint,
+    follow_build_events,
+    log_disabled,
+    new_app,
+    resume_after,
+    sse_response,
+)
 from web_node.members._context import MemberContext
 from web_node.members._member import Endpoint, Member
 from web_node.runner import COMPONENT_HEARTBEAT_S
@@ -59,12 +68,15 @@ STALE_AFTER_S = 3 * COMPONENT_HEARTBEAT_S
 MEMBERS_REFRESH_MS = 3000
 
 ENDPOINTS = (
-    Endpoint("UiPipelines", "GET", "/", "every pipeline with its jobs and each job's latest build"),
-    Endpoint("UiPipeline", "GET", "/pipelines/<pipeline>", "one pipeline: its jobs and recent builds"),
-    Endpoint("UiBuild", "GET", "/builds/<int:build_id>", "one build: details and its live log"),
-    Endpoint("UiBuildEvents", "GET", "/builds/<int:build_id>/events", "a build's events as server-sent events"),
-    Endpoint("UiMembers", "GET", "/members", "the running members, refreshed every few seconds"),
-    Endpoint("UiMembersJson", "GET", "/members.json", "the members table as JSON"),
+    Endpoint("UiPipelines", "GET", "/", "every pipeline with its jobs and each job's latest build", auth="none"),
+    Endpoint("UiPipeline", "GET", "/pipelines/<pipeline>", "one pipeline: its jobs and recent builds", auth="none",
+             responses=((200, "the page"), (404, "no such pipeline (an HTML page)"))),
+    Endpoint("UiBuild", "GET", "/builds/<int:build_id>", "one build: details and its live log", auth="none",
+             responses=((200, "the page"), (404, "no such build (an HTML page)"))),
+    Endpoint("UiBuildEvents", "GET", "/builds/<int:build_id>/events", "a build's events as server-sent events", auth="none",
+             responses=((200, "text/event-stream, as the api's BuildEvents"), (404, "no such build"))),
+    Endpoint("UiMembers", "GET", "/members", "the running members, refreshed every few seconds", auth="none"),
+    Endpoint("UiMembersJson", "GET", "/members.json", "the members table as JSON", auth="none"),
 )
 # Endpoints whose errors stay JSON (scripts and EventSource read them); every other error becomes an HTML page.
 JSON_ENDPOINTS = frozenset({"UiBuildEvents", "UiMembersJson", "healthz", "static"})
@@ -78,6 +90,7 @@ SECURITY_HEADERS = {
 
 async def make_app(ctx: MemberContext) -> Any:
     app = new_app(ctx)
+    count_streams(app, "UiBuildEvents")  # [members.ui] max_streams at once; 503 beyond
     # new_app's import name is not a module: say where templates and static files live.
     app.root_path = HERE
     app.template_folder = "ui_templates"

@@ -20,9 +20,11 @@ from ._async import AsyncStore
 from ._interface import (
     FINISHED_STATUSES,
     Build,
+    BuildEnd,
     BuildEvent,
     BuildStatus,
     Component,
+    EventBatch,
     Job,
     JobConfig,
     JobSummary,
@@ -32,6 +34,7 @@ from ._interface import (
     Worker,
 )
 from ._open import open_store
+from ._redact import redact_database_url
 from ._sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -41,9 +44,11 @@ __all__ = [
     "FINISHED_STATUSES",
     "AsyncStore",
     "Build",
+    "BuildEnd",
     "BuildEvent",
     "BuildStatus",
     "Component",
+    "EventBatch",
     "Job",
     "JobConfig",
     "JobSummary",
@@ -54,6 +59,7 @@ __all__ = [
     "Store",
     "Worker",
     "open_store",
+    "redact_database_url",
 ]
 
 

@@ -15,16 +15,18 @@ them in step with :class:`Store`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import trio
 
 from ._interface import (
     Build,
+    BuildEnd,
     BuildEvent,
     BuildStatus,
     Component,
+    EventBatch,
     Job,
     JobConfig,
     JobSummary,
@@ -109,27 +111,62 @@ class AsyncStore:
     async def claim_pending_build(self, worker: str, now: float) -> Build | None:
         return await self._call(self.store.claim_pending_build, worker, now)
 
+    async def end_build(self, build_id: int, status: BuildStatus, now: float, *,
+                        events: Sequence[tuple[str, dict[str, Any]]] = (), worker: str | None = None) -> BuildEnd:
+        return await self._call(self.store.end_build, build_id, status, now, events=events, worker=worker)
+
     async def finish_build(self, build_id: int, status: BuildStatus, now: float) -> Build:
         return await self._call(self.store.finish_build, build_id, status, now)
 
     async def list_running_builds(self) -> list[Build]:
         return await self._call(self.store.list_running_builds)
 
-    async def delete_builds_finished_before(self, cutoff: float) -> int:
-        return await self._call(self.store.delete_builds_finished_before, cutoff)
+    async def delete_builds_finished_before(self, cutoff: float, *, keep_unshipped: bool = False) -> int:
+        return await self._call(self.store.delete_builds_finished_before, cutoff, keep_unshipped=keep_unshipped)
+
+    async def list_unshipped_builds(self, limit: int) -> list[Build]:
+        return await self._call(self.store.list_unshipped_builds, limit)
+
+    async def mark_build_shipped(self, build_id: int, now: float) -> None:
+        await self._call(self.store.mark_build_shipped, build_id, now)
 
     # build events
 
     async def append_event(self, build_id: int, type: str, payload: dict[str, Any], now: float) -> BuildEvent:
         return await self._call(self.store.append_event, build_id, type, payload, now)
 
-    async def list_events(self, build_id: int, after_seq: int = 0) -> list[BuildEvent]:
-        return await self._call(self.store.list_events, build_id, after_seq)
+    async def list_events(self, build_id: int, after_seq: int = 0, limit: int | None = None) -> list[BuildEvent]:
+        return await self._call(self.store.list_events, build_id, after_seq, limit)
+
+    async def event_pages(self, build_id: int, after_seq: int = 0, page: int = 100) -> AsyncIterator[list[BuildEvent]]:
+        """The build's events after ``after_seq``, ``page`` at a time: a reader holds one page, never the whole output."""
+        while True:
+            events = await self.list_events(build_id, after_seq, page)
+            if events:
+                yield events
+            if len(events) < page:
+                return
+            after_seq = events[-1].seq
+
+    async def output_size(self, build_id: int, marker_type: str) -> tuple[int, bool]:
+        return await self._call(self.store.output_size, build_id, marker_type)
+
+    async def append_worker_events(self, build_id: int, worker: str, batch_seq: int,
+                                   events: Sequence[tuple[str, dict[str, Any]]], now: float) -> EventBatch:
+        return await self._call(self.store.append_worker_events, build_id, worker, batch_seq, events, now)
 
     # workers
 
     async def register_worker(self, name: str, platform: str, tags: list[str], now: float) -> Worker:
         return await self._call(self.store.register_worker, name, platform, tags, now)
+
+    async def register_worker_credential(self, name: str, platform: str, tags: list[str], now: float, *,
+                                         new_hash: str, presented_hash: str | None) -> tuple[Worker, bool]:
+        return await self._call(self.store.register_worker_credential, name, platform, tags, now,
+                                new_hash=new_hash, presented_hash=presented_hash)
+
+    async def worker_for_credential(self, credential_hash: str) -> Worker:
+        return await self._call(self.store.worker_for_credential, credential_hash)
 
     async def heartbeat_worker(self, name: str, now: float, active_builds: int) -> Worker:
         return await self._call(self.store.heartbeat_worker, name, now, active_builds)

@@ -10,6 +10,7 @@ Times are UNIX seconds as ``float`` (UTC); ``None`` where not yet known.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -84,6 +85,31 @@ class BuildEvent:
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "type": self.type, "payload": self.payload, "time": self.time}
+
+
+@dataclass(frozen=True)
+class BuildEnd:
+    """What :meth:`Store.end_build` did: ``ended`` True when this call ended the build
+    (its events, its ``finish`` event and the final status were committed together);
+    False when the build had already finished and nothing was written."""
+
+    build: Build
+    ended: bool
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """What :meth:`Store.append_worker_events` did with one numbered batch.
+
+    ``accepted``: events stored by this call. ``duplicate``: the batch's number
+    was already stored (a re-sent batch), so nothing was stored again.
+    ``status``: the build's status after the call; a finished build takes no
+    more events (``accepted`` 0), its worker must stop.
+    """
+
+    accepted: int
+    duplicate: bool
+    status: BuildStatus
 
 
 @dataclass(frozen=True)
@@ -166,17 +192,41 @@ class Store(Protocol):
     def get_build(self, build_id: int) -> Build: ...
     def list_builds(self, limit: int = 100, pipeline: str | None = None, job: str | None = None) -> list[Build]: ...
     def claim_pending_build(self, worker: str, now: float) -> Build | None: ...  # atomically: oldest pending -> started by worker
-    # finish_build: a no-op returning the build if it had already finished
+    # end_build: in ONE transaction, if the build is unfinished: `events` (e.g. an error), then a finish
+    # event {"status": status}, then the final status and end time. Finished already: nothing written.
+    # `worker` set: the build must be run by that worker (Conflict otherwise).
+    def end_build(self, build_id: int, status: BuildStatus, now: float, *,
+                  events: Sequence[tuple[str, dict[str, Any]]] = (), worker: str | None = None) -> BuildEnd: ...
+    # finish_build: end_build without extra events; returns the build (unchanged if it had already finished)
     def finish_build(self, build_id: int, status: BuildStatus, now: float) -> Build: ...
     def list_running_builds(self) -> list[Build]: ...  # status started
-    def delete_builds_finished_before(self, cutoff: float) -> int: ...  # with their events; returns count
+    # with their events; returns count. keep_unshipped: spare builds syslog-drainer has not shipped yet
+    def delete_builds_finished_before(self, cutoff: float, *, keep_unshipped: bool = False) -> int: ...
+    # syslog shipping: finished builds not yet marked shipped, oldest first; marking them
+    def list_unshipped_builds(self, limit: int) -> list[Build]: ...
+    def mark_build_shipped(self, build_id: int, now: float) -> None: ...
 
     # build events
     def append_event(self, build_id: int, type: str, payload: dict[str, Any], now: float) -> BuildEvent: ...
-    def list_events(self, build_id: int, after_seq: int = 0) -> list[BuildEvent]: ...
+    # list_events: at most `limit` events (a page); servers always page (see _sql.SqlStore.list_events)
+    def list_events(self, build_id: int, after_seq: int = 0, limit: int | None = None) -> list[BuildEvent]: ...
+    # output_size: (stored payload bytes of the build's events, whether an event of marker_type exists)
+    def output_size(self, build_id: int, marker_type: str) -> tuple[int, bool]: ...
+    # append_worker_events: a worker's numbered batch, stored once (batch_seq at most the last one
+    # stored: a duplicate, nothing stored), only while the build is unfinished and run by `worker`
+    # (Conflict otherwise), in one transaction.
+    def append_worker_events(self, build_id: int, worker: str, batch_seq: int,
+                             events: Sequence[tuple[str, dict[str, Any]]], now: float) -> EventBatch: ...
 
     # workers
+    # register_worker: a name whose worker holds a credential is refused (Conflict)
     def register_worker(self, name: str, platform: str, tags: list[str], now: float) -> Worker: ...
+    # register_worker_credential: a new name (or one without a credential) is stored with `new_hash`,
+    # returning (worker, True); a name whose credential hash equals `presented_hash` starts a new
+    # session and keeps its credential, (worker, False); any other taken name: Conflict.
+    def register_worker_credential(self, name: str, platform: str, tags: list[str], now: float, *,
+                                   new_hash: str, presented_hash: str | None) -> tuple[Worker, bool]: ...
+    def worker_for_credential(self, credential_hash: str) -> Worker: ...  # NotFound when no worker holds it
     def heartbeat_worker(self, name: str, now: float, active_builds: int) -> Worker: ...
     def list_workers(self) -> list[Worker]: ...
     def delete_workers_stalled_before(self, cutoff: float) -> list[str]: ...

@@ -149,6 +149,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "worker credentials, event batch numbers, syslog shipping marks",
+        (
+            # SHA-256 of the worker's own credential (a random secret handed out
+            # once by RegisterWorker). NULL for a worker registered before
+            # credentials existed: its name may be taken by the next registration.
+            "ALTER TABLE workers ADD COLUMN credential_hash TEXT",
+            "CREATE UNIQUE INDEX workers_credential ON workers (credential_hash)",
+            # The number of the last event batch stored from the build's worker:
+            # a batch re-sent (lost answer, gateway restart) is recognised and
+            # stored once.
+            "ALTER TABLE builds ADD COLUMN batch_seq INTEGER NOT NULL DEFAULT 0",
+            # When syslog-drainer shipped the build's log; NULL: not yet. gc keeps
+            # unshipped builds while a drainer is configured.
+            "ALTER TABLE builds ADD COLUMN shipped_at DOUBLE PRECISION",
+            "CREATE INDEX builds_unshipped ON builds (id) WHERE shipped_at IS NULL",
+            # Builds that ended before this migration count as shipped: the drainer
+            # of earlier versions kept its own record, and history is not re-sent.
+            "UPDATE builds SET shipped_at = end_time WHERE status NOT IN ('pending', 'started')",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

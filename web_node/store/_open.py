@@ -12,9 +12,9 @@ VALID_DATABASES = "sqlite:///path or postgresql://user@host/db"
 
 
 def _redact(url: str) -> str:
-    from ._postgres import redact  # psycopg is imported only when PostgreSQL is used
+    from ._redact import redact_database_url
 
-    return redact(url)
+    return redact_database_url(url)
 
 
 def _sqlite_path(database: str, data_dir: str) -> str | None:

@@ -22,6 +22,7 @@ import psycopg
 import psycopg.errors
 
 from ..errors import StoreError
+from ._redact import redact_database_url
 from ._sql import BUILD_COLUMNS, JOB_COLUMNS, Row, SqlStore, Tx, prefixed
 
 T = TypeVar("T")
@@ -35,8 +36,8 @@ _CONNECT_TIMEOUT_S = 10
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``, for messages and logs."""
-    return re.sub(r"^(\w+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The URL with its password replaced by ``***``, for messages and logs (see :mod:`._redact`)."""
+    return redact_database_url(url)
 
 
 _QMARK = re.compile(r"\?")
@@ -69,6 +70,7 @@ class PostgresStore(SqlStore):
 
     backend = "postgresql"
     _claim_lock = " FOR UPDATE SKIP LOCKED"
+    _row_lock = " FOR UPDATE"
     # PostgreSQL would flatten the shared form into a hash join over every
     # build (a sequential scan of the whole table). LATERAL ... LIMIT 1 keeps
     # it at one backward index scan of builds_by_job per job.

@@ -12,19 +12,22 @@ attributes a backend overrides.
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
 
-from ..errors import NotFound, StoreError
+from ..errors import Conflict, NotFound, StoreError
 from ._interface import (
     FINISHED_STATUSES,
     Build,
+    BuildEnd,
     BuildEvent,
     BuildStatus,
     Component,
+    EventBatch,
     Job,
     JobConfig,
     JobSummary,
@@ -155,6 +158,24 @@ def _component(row: Row) -> Component:
     )
 
 
+def _insert_events(tx: Tx, build_id: int, last_seq: int, events: Sequence[tuple[str, str]], now: float) -> None:
+    """Insert events (type, payload JSON) numbered up to ``last_seq``, which the caller already reserved
+    on the build row (``last_seq = last_seq + len(events)``)."""
+    first = last_seq - len(events) + 1
+    tx.execute_many(
+        f"INSERT INTO build_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+        [(build_id, first + i, type_, payload, now) for i, (type_, payload) in enumerate(events)],
+    )
+
+
+def _not_your_build(build: Build, worker: str) -> Conflict:
+    return Conflict(
+        f"build {build.id} is run by worker {build.worker or '(none: still pending)'}, not by {worker}; "
+        "a worker may only log to and finish the builds it claimed",
+        backend=None,
+    )
+
+
 class SqlStore(ABC):
     """The :class:`~web_node.store.Store` operations, for any backend that can run a :class:`Tx`."""
 
@@ -165,6 +186,10 @@ class SqlStore(ABC):
     #: ``FOR UPDATE SKIP LOCKED``; SQLite needs nothing, its write transaction
     #: already excludes every other writer.
     _claim_lock: ClassVar[str] = ""
+
+    #: Appended to a SELECT of one row that the transaction will then write:
+    #: PostgreSQL ``FOR UPDATE``; SQLite's write transaction already holds the file.
+    _row_lock: ClassVar[str] = ""
 
     #: Every job with its latest build (the build columns first). Whatever the
     #: dialect, the plan must find each job's latest build with one seek in
@@ -475,26 +500,55 @@ class SqlStore(ABC):
 
         return self._run(write, write=True)
 
-    def finish_build(self, build_id: int, status: BuildStatus, now: float) -> Build:
-        """Set a final status and end time; returns the build unchanged if it had already finished."""
+    def end_build(self, build_id: int, status: BuildStatus, now: float, *,
+                  events: Sequence[tuple[str, dict[str, Any]]] = (), worker: str | None = None) -> BuildEnd:
+        """End an unfinished build: ``events``, then its ``finish`` event, then the final status, in one transaction.
+
+        Invariant: a finished build has exactly one ``finish`` event, and it
+        names the build's status. Of several callers racing to end one build
+        (an abort, the worker's result, the build-tracker), exactly one wins:
+        the UPDATE is a compare-and-set on the status, and on PostgreSQL its row
+        lock makes a loser re-check the condition after the winner commits,
+        find the build finished and write nothing. The events take their
+        numbers from the same row, so they follow every event before them.
+
+        ``worker`` set: the build must be run by that worker, else
+        :class:`~web_node.errors.Conflict` and nothing written.
+        """
         if status not in FINISHED_STATUSES:
             raise ValueError(
-                f"finish_build needs a final status ({', '.join(sorted(FINISHED_STATUSES))}), not {status!r}"
+                f"end_build needs a final status ({', '.join(sorted(FINISHED_STATUSES))}), not {status!r}"
             )
+        written = [(type_, json.dumps(payload)) for type_, payload in events]
+        written.append(("finish", json.dumps({"status": status})))
 
-        def write(tx: Tx) -> Build:
+        def write(tx: Tx) -> BuildEnd:
             rows = tx.rows(
-                f"UPDATE builds SET status = ?, end_time = ? WHERE id = ? AND status IN {_UNFINISHED} "
-                f"RETURNING {BUILD_COLUMNS}",
-                (status, now, build_id),
+                f"UPDATE builds SET status = ?, end_time = ?, last_seq = last_seq + ? "
+                f"WHERE id = ? AND status IN {_UNFINISHED} AND (CAST(? AS TEXT) IS NULL OR worker = ?) "
+                f"RETURNING last_seq, {BUILD_COLUMNS}",
+                (status, now, len(written), build_id, worker, worker),
             )
             if not rows:
-                rows = tx.rows(f"SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
-                if not rows:
-                    raise NotFound("build", build_id)
-            return _build(rows[0])
+                current = self._build_or_not_found(tx, build_id)
+                if worker is not None and current.worker != worker:
+                    raise _not_your_build(current, worker)
+                return BuildEnd(current, False)
+            _insert_events(tx, build_id, int(rows[0][0]), written, now)
+            return BuildEnd(_build(rows[0][1:]), True)
 
         return self._run(write, write=True)
+
+    def finish_build(self, build_id: int, status: BuildStatus, now: float) -> Build:
+        """:meth:`end_build` without extra events: the build as it is after the call."""
+        return self.end_build(build_id, status, now).build
+
+    @staticmethod
+    def _build_or_not_found(tx: Tx, build_id: int) -> Build:
+        rows = tx.rows(f"SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?", (build_id,))
+        if not rows:
+            raise NotFound("build", build_id)
+        return _build(rows[0])
 
     def list_running_builds(self) -> list[Build]:
         def read(tx: Tx) -> list[Build]:
@@ -504,17 +558,22 @@ class SqlStore(ABC):
 
         return self._run(read, write=False)
 
-    def delete_builds_finished_before(self, cutoff: float) -> int:
+    def delete_builds_finished_before(self, cutoff: float, *, keep_unshipped: bool = False) -> int:
         """Delete finished builds whose end time is before ``cutoff``, with their events; return how many.
 
+        ``keep_unshipped``: builds whose log syslog-drainer has not shipped yet
+        are kept (gc sets it while a drainer is configured, so that retention
+        never loses a log the operator wants in syslog).
         Deletes in batches of :data:`RETENTION_BATCH`, one transaction each.
         """
         # end_time is only ever set together with a final status, so the
         # status test is belt and braces; it keeps a running build safe even
         # if some future code path sets end_time early.
+        shipped = " AND shipped_at IS NOT NULL" if keep_unshipped else ""
         sql = (
             "DELETE FROM builds WHERE id IN ("
-            f"  SELECT id FROM builds WHERE end_time < ? AND status NOT IN {_UNFINISHED} LIMIT {RETENTION_BATCH}"
+            f"  SELECT id FROM builds WHERE end_time < ? AND status NOT IN {_UNFINISHED}{shipped} "
+            f"LIMIT {RETENTION_BATCH}"
             ")"
         )
         total = 0
@@ -523,6 +582,25 @@ class SqlStore(ABC):
             total += deleted
             if deleted < RETENTION_BATCH:
                 return total
+
+    def list_unshipped_builds(self, limit: int) -> list[Build]:
+        """Finished builds not yet marked shipped to syslog, oldest first, at most ``limit``."""
+
+        def read(tx: Tx) -> list[Build]:
+            rows = tx.rows(
+                f"SELECT {BUILD_COLUMNS} FROM builds WHERE shipped_at IS NULL AND status NOT IN {_UNFINISHED} "
+                "ORDER BY id LIMIT ?",
+                (max(0, int(limit)),),
+            )
+            return [_build(r) for r in rows]
+
+        return self._run(read, write=False)
+
+    def mark_build_shipped(self, build_id: int, now: float) -> None:
+        """Record that the build's log reached syslog; a deleted build is not an error (nothing to keep)."""
+        self._run(
+            lambda tx: tx.execute("UPDATE builds SET shipped_at = ? WHERE id = ?", (now, build_id)), write=True
+        )
 
     # -- build events -----------------------------------------------------------
 
@@ -546,38 +624,145 @@ class SqlStore(ABC):
 
         return self._run(write, write=True)
 
-    def list_events(self, build_id: int, after_seq: int = 0) -> list[BuildEvent]:
-        """The build's events with ``seq > after_seq``, in order."""
+    def append_worker_events(self, build_id: int, worker: str, batch_seq: int,
+                             events: Sequence[tuple[str, dict[str, Any]]], now: float) -> EventBatch:
+        """Store one numbered batch of a worker's events, once, in one transaction.
+
+        Invariant: ``builds.batch_seq`` is the number of the last batch stored
+        for the build, so a batch whose number is not above it was stored
+        before (the worker re-sent it after a lost answer or a gateway
+        restart) and is answered as a duplicate without storing anything. A
+        finished build takes no more events; a build run by another worker is
+        :class:`~web_node.errors.Conflict`.
+        """
+        if batch_seq < 1:
+            raise ValueError(f"batch_seq must be 1 or more, not {batch_seq}")
+        written = [(type_, json.dumps(payload)) for type_, payload in events]
+
+        def write(tx: Tx) -> EventBatch:
+            rows = tx.rows(
+                "UPDATE builds SET batch_seq = ?, last_seq = last_seq + ? "
+                f"WHERE id = ? AND worker = ? AND batch_seq < ? AND status IN {_UNFINISHED} "
+                "RETURNING last_seq, status",
+                (batch_seq, len(written), build_id, worker, batch_seq),
+            )
+            if rows:
+                _insert_events(tx, build_id, int(rows[0][0]), written, now)
+                return EventBatch(accepted=len(written), duplicate=False, status=cast(BuildStatus, rows[0][1]))
+            current = self._build_or_not_found(tx, build_id)
+            if current.worker != worker:
+                raise _not_your_build(current, worker)
+            last = int(tx.rows("SELECT batch_seq FROM builds WHERE id = ?", (build_id,))[0][0])
+            return EventBatch(accepted=0, duplicate=batch_seq <= last, status=current.status)
+
+        return self._run(write, write=True)
+
+    def list_events(self, build_id: int, after_seq: int = 0, limit: int | None = None) -> list[BuildEvent]:
+        """The build's events with ``seq > after_seq``, in order; at most ``limit`` of them (a page).
+
+        A build's output may be megabytes: readers that run in a server page
+        through it (``limit``, then ``after_seq`` = the last seq read)."""
 
         def read(tx: Tx) -> list[BuildEvent]:
-            rows = tx.rows(
-                f"SELECT {_EVENT_COLUMNS} FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq",
-                (build_id, after_seq),
-            )
+            sql = f"SELECT {_EVENT_COLUMNS} FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq"
+            params: tuple[Any, ...] = (build_id, after_seq)
+            if limit is not None:
+                sql, params = sql + " LIMIT ?", (*params, max(1, limit))
+            rows = tx.rows(sql, params)
             if not rows and not tx.rows("SELECT 1 FROM builds WHERE id = ?", (build_id,)):
                 raise NotFound("build", build_id)
             return [_event(r) for r in rows]
 
         return self._run(read, write=False)
 
+    def output_size(self, build_id: int, marker_type: str) -> tuple[int, bool]:
+        """How much the build's events hold (characters of their stored JSON payloads; json.dumps writes
+        ASCII, so bytes), and whether an event of ``marker_type`` is among them. Read without loading them."""
+
+        def read(tx: Tx) -> tuple[int, bool]:
+            rows = tx.rows(
+                "SELECT COALESCE(SUM(LENGTH(payload)), 0), COUNT(CASE WHEN type = ? THEN 1 END) "
+                "FROM build_events WHERE build_id = ?",
+                (marker_type, build_id),
+            )
+            return int(rows[0][0]), int(rows[0][1]) > 0
+
+        return self._run(read, write=False)
+
     # -- workers ----------------------------------------------------------------
 
     def register_worker(self, name: str, platform: str, tags: list[str], now: float) -> Worker:
-        """Create or re-register a worker: a re-registration starts a new session (times reset, 0 builds)."""
+        """Create or re-register a worker that has no credential: a re-registration starts a new session
+        (times reset, 0 builds). A name whose worker holds a credential is :class:`~web_node.errors.Conflict`."""
+        return self._register(name, platform, tags, now, None, None)[0]
 
-        def write(tx: Tx) -> Worker:
-            return _worker(
-                tx.rows(
-                    f"INSERT INTO workers ({_WORKER_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0) "
-                    "ON CONFLICT (name) DO UPDATE SET registered_at = excluded.registered_at, "
-                    "heartbeat_at = excluded.heartbeat_at, platform = excluded.platform, tags = excluded.tags, "
-                    "active_builds = 0 "
-                    f"RETURNING {_WORKER_COLUMNS}",
-                    (name, now, now, platform, json.dumps(list(tags))),
-                )[0]
-            )
+    def register_worker_credential(self, name: str, platform: str, tags: list[str], now: float, *,
+                                   new_hash: str, presented_hash: str | None) -> tuple[Worker, bool]:
+        """Register a worker that authenticates with its own credential (the gateway keeps only its hash).
+
+        A free name (or one registered without a credential) is stored with
+        ``new_hash``: ``(worker, True)``, the caller hands the new credential
+        out. A name whose credential hash equals ``presented_hash`` is the same
+        worker restarting: a new session, its credential kept, ``(worker,
+        False)``. Any other taken name is :class:`~web_node.errors.Conflict`:
+        one name, one worker.
+        """
+        return self._register(name, platform, tags, now, new_hash, presented_hash)
+
+    def _register(self, name: str, platform: str, tags: list[str], now: float,
+                  new_hash: str | None, presented_hash: str | None) -> tuple[Worker, bool]:
+        tags_json = json.dumps(list(tags))
+
+        def write(tx: Tx) -> tuple[Worker, bool]:
+            # The row lock (PostgreSQL) or the write lock (SQLite) keeps a second
+            # registration of the name waiting until this one has decided.
+            held = tx.rows(f"SELECT credential_hash FROM workers WHERE name = ?{self._row_lock}", (name,))
+            stored = held[0][0] if held else None
+            keep = stored is not None and presented_hash is not None and hmac.compare_digest(stored, presented_hash)
+            if stored is not None and not keep:
+                raise Conflict(
+                    f"worker name {name} is taken by a registered worker with another credential: start that "
+                    "worker with its credential file (worker-credential in its work dir), give this one another "
+                    "--name, or wait until gc removes the old worker after worker_retention without heartbeats",
+                    backend=self.backend,
+                )
+            credential = stored if keep else new_hash
+            params = (now, now, platform, tags_json, credential, name)
+            if held:
+                # The row is ours until COMMIT (FOR UPDATE / SQLite's write lock).
+                rows = tx.rows(
+                    "UPDATE workers SET registered_at = ?, heartbeat_at = ?, platform = ?, tags = ?, "
+                    f"active_builds = 0, credential_hash = ? WHERE name = ? RETURNING {_WORKER_COLUMNS}",
+                    params,
+                )
+            else:
+                # A new name: of two registrations racing for it, the second finds the row and loses.
+                rows = tx.rows(
+                    f"INSERT INTO workers (registered_at, heartbeat_at, platform, tags, active_builds, "
+                    f"credential_hash, name) VALUES (?, ?, ?, ?, 0, ?, ?) "
+                    f"ON CONFLICT (name) DO NOTHING RETURNING {_WORKER_COLUMNS}",
+                    params,
+                )
+            if not rows:
+                raise Conflict(
+                    f"worker name {name} was registered by another worker at the same moment; give this one "
+                    "another --name", backend=self.backend,
+                )
+            row = rows[0]
+            return _worker(row), not keep and new_hash is not None
 
         return self._run(write, write=True)
+
+    def worker_for_credential(self, credential_hash: str) -> Worker:
+        """The worker holding the credential with this hash; NotFound when none does (pruned, or never issued)."""
+
+        def read(tx: Tx) -> Worker:
+            rows = tx.rows(f"SELECT {_WORKER_COLUMNS} FROM workers WHERE credential_hash = ?", (credential_hash,))
+            if not rows:
+                raise NotFound("worker with the credential", "presented")
+            return _worker(rows[0])
+
+        return self._run(read, write=False)
 
     def heartbeat_worker(self, name: str, now: float, active_builds: int) -> Worker:
         def write(tx: Tx) -> Worker:

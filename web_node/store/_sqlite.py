@@ -18,6 +18,7 @@ Several OS processes write the same file at once, so:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -44,6 +45,19 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
         return (code & 0xFF) in _BUSY_CODES
     message = str(error)
     return "database is locked" in message or "database table is locked" in message
+
+
+def _make_private(path: str) -> None:
+    """The database file 0600 before SQLite opens it: SQLite gives the WAL and
+    shared-memory files the database's own mode (and owner, when run as root).
+    Files of ours left looser by an older version are narrowed; other users'
+    files are left to SQLite's own error."""
+    with contextlib.suppress(FileExistsError, PermissionError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
 
 
 class _SqliteTx:
@@ -92,6 +106,7 @@ class SqliteStore(SqlStore):
                     "check node.database and node.data_dir",
                     backend=self.backend,
                 ) from e
+            _make_private(self.path)
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout_s,

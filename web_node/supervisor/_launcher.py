@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from web_node.privilege import RunAs, drop_argv
+
 if TYPE_CHECKING:
     import cgroups
 
@@ -41,13 +43,27 @@ class ExecLauncher:
     its cgroup before Python starts; ``preexec_fn`` would do that but is a
     deadlock risk in our multi-threaded parent (trio spawns from a worker
     thread), and the shim's own few pages are all it could mis-charge.
+
+    With ``user``, the shim execs ``setpriv`` (:func:`web_node.privilege.drop_argv`)
+    after writing ``cgroup.procs``, and that execs the program as ``user``:
+    placement needs root, the program does not. Groups named in ``keep_root``
+    (helpers that need root themselves, such as quickstart's worker, which
+    makes its builds' cgroups and drops each build to its own user) keep the
+    node's user.
     """
+
+    def __init__(self, user: RunAs | None = None, keep_root: frozenset[str] = frozenset()) -> None:
+        self.user = user
+        self.keep_root = keep_root
 
     async def launch(self, spec: LaunchSpec) -> trio.Process:
         argv = list(spec.argv)
+        env = {**os.environ, **spec.env}
+        if self.user is not None and spec.group not in self.keep_root:
+            argv = drop_argv(self.user, argv)
+            env.update({"HOME": self.user.home, "USER": self.user.name, "LOGNAME": self.user.name})
         if spec.cgroup is not None:
             argv = spec.cgroup.placement_argv(argv)
-        env = {**os.environ, **spec.env}
         return await trio.lowlevel.open_process(
             argv, pass_fds=tuple(spec.pass_fds), env=env,
             # Own session: a terminal's Ctrl-C reaches only the node, which then stops

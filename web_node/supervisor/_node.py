@@ -9,7 +9,15 @@ Ownership, outermost first::
             └── the group's child process (placed in its cgroup before exec)
 
 SIGTERM/SIGINT stop every group (each gets ``shutdown_grace``), then the
-cgroups are removed and the node exits 0. SIGHUP reloads the configuration.
+cgroups are removed and the node exits 0, also when the signal comes while
+the node is still starting (signals are blocked from the first moment of
+the process and received from the first moment of the trio loop:
+:mod:`web_node._signals`). SIGHUP reloads the configuration. Under systemd
+(``NOTIFY_SOCKET``) each step is told with sd_notify (``_notify``).
+
+The node kills and removes only below a cgroup root it made itself
+(``_cgroup_root``: recorded in data_dir; a foreign root holding cgroups or
+processes is refused).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -29,14 +37,18 @@ from typing import Any
 import trio
 
 import cgroups
+from web_node._signals import HANDLED, receive_signals
 from web_node.config import Config, GroupSettings
 from web_node.errors import ConfigError, SupervisorError
 from web_node.log import node_logger
 from web_node.members import Registry
+from web_node.privilege import RunAs, node_user, own_file, prepare_data_dir
+from web_node.supervisor._cgroup_root import RootClaim
 from web_node.supervisor._control import serve_control
 from web_node.supervisor._group import GroupRunner, child_argv
 from web_node.supervisor._host import detect_host_layout
 from web_node.supervisor._launcher import ExecLauncher, Launcher
+from web_node.supervisor._notify import Notifier
 from web_node.supervisor._sockets import bind_listen_socket
 from web_node.supervisor._state import GroupSnapshot
 
@@ -62,12 +74,15 @@ class Node:
         *,
         launcher: Launcher | None = None,
         extra_groups: Sequence[tuple[GroupSettings, Callable[[GroupSettings, int], tuple[list[str], list[int]]]]] = (),
+        user: RunAs | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.selection = selection
         self.reload_config = reload_config
-        self.launcher = launcher or ExecLauncher()
+        # Extra groups are the caller's helpers (quickstart's worker): they keep the node's user.
+        self.user = user  # what group children run as; None: the node's own user
+        self.launcher = launcher or ExecLauncher(user, keep_root=frozenset(s.name for s, _ in extra_groups))
         self.extra_groups = list(extra_groups)
         self.log = node_logger()
         self.groups: dict[str, GroupRunner] = {}
@@ -82,14 +97,21 @@ class Node:
         self._group_nursery: trio.Nursery | None = None
         self._raw_path = ""
         self._tree_lock: int | None = None  # fd holding the cgroup tree's lock while this node lives
+        self._claim: RootClaim | None = None  # the record of the cgroup roots this node made
+        self.notify = Notifier.from_environment(self.log)
+        self._signals_in: AsyncIterator[int] | None = None  # opened as the first thing of run()
+        self._stopping = False
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-        with _node_lock(self.config.node.data_dir):
-            self._setup_cgroups()
+        if self.user is not None:
+            own_file(self.run_dir, self.user, mode=0o700)  # children bind their metrics sockets here
+        # Before anything else: a stop that comes while the node starts is read, not fatal.
+        with receive_signals(*HANDLED) as self._signals_in, _node_lock(self.config.node.data_dir):
             try:
+                self._setup_cgroups()
                 return await self._run_groups()
             finally:
                 for sock in self.sockets.values():
@@ -100,6 +122,8 @@ class Node:
                     except cgroups.CgroupError as e:
                         self.log.error("could not remove the cgroup tree %s: %s; remove it by hand (rmdir, deepest first)",
                                        self.config.node.cgroup_root, e)
+                    if self._claim is not None:
+                        self._claim.forget_removed()
                 self._clean_run_dir()
                 if self._tree_lock is not None:
                     os.close(self._tree_lock)
@@ -114,6 +138,9 @@ class Node:
             return
         tree = cgroups.CgroupTree(self.layout, self.config.node.cgroup_root)
         self._tree_lock = _tree_lock(tree, self.config.node.cgroup_root)
+        # Only below a root of our own may anything be killed or removed (cleanup_stale, destroy).
+        claim = RootClaim(self.config.node.data_dir, self.config.node.cgroup_root, tree.paths())
+        claim.check()
         stale = tree.cleanup_stale()
         if stale:
             self.log.warning("removed stale cgroups of an earlier run that did not stop cleanly: %s", ", ".join(stale))
@@ -123,6 +150,8 @@ class Node:
             self.degraded = [str(e)]
             self.log.warning("DEGRADED: cannot create the cgroup tree (%s); groups run as plain processes", e)
             return
+        claim.record()
+        self._claim = claim
         self.tree = tree
         self.log.info("cgroups: %s layout, tree at %s", self.layout.kind, ", ".join(tree.paths().values()))
 
@@ -161,8 +190,17 @@ class Node:
     async def _report_ready(self, began: float) -> None:
         for runner in list(self.groups.values()):
             await runner.ready_once.wait()
+        if self._stopping:
+            return  # stopped while starting: there is no "up" to report
         up = [r.name for r in self.groups.values() if r.state == "up"]
         self.log.info("%d of %d groups up in %.2f s: %s", len(up), len(self.groups), time.monotonic() - began, ", ".join(up))
+        self.notify.ready(self._status_line())
+
+    def _status_line(self) -> str:
+        """The one-line state systemctl status shows (sd_notify STATUS=)."""
+        up = sum(1 for r in self.groups.values() if r.state == "up")
+        gave_up = [r.name for r in self.groups.values() if r.state == "gave-up"]
+        return f"{up} of {len(self.groups)} groups up" + (f"; gave up: {', '.join(gave_up)}" if gave_up else "")
 
     async def _watch_all_gave_up(self, stop: trio.Event) -> None:
         while True:
@@ -173,16 +211,23 @@ class Node:
                 return
 
     async def _signals(self, stop: trio.Event) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self._on_sighup()
-                else:
-                    self._on_stop_signal(signum, stop)
+        """The one task that reads signals (also those that came while the node was starting)."""
+        assert self._signals_in is not None
+        async for signum in self._signals_in:
+            if signum == signal.SIGHUP:
+                if stop.is_set():
+                    continue  # stopping: nothing left to reload
+                self.notify.reloading(f"reloading the configuration; {self._status_line()}")
+                await self._on_sighup()
+                self.notify.ready(self._status_line())
+            else:
+                self._on_stop_signal(signum, stop)
 
     def _on_stop_signal(self, signum: int, stop: trio.Event) -> None:
         self.log.info("received %s: stopping %d group(s), each within %.1f s",
                       signal.Signals(signum).name, len(self.groups), self.config.node.shutdown_grace_s)
+        self._stopping = True
+        self.notify.stopping(f"stopping {len(self.groups)} group(s)")
         stop.set()
 
     # ------------------------------------------------------------ groups
@@ -241,6 +286,8 @@ class Node:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(self.config.raw, f)
+        if self.user is not None:
+            own_file(path, self.user)
         self._raw_path = path
 
     def _clean_run_dir(self) -> None:
@@ -382,7 +429,8 @@ def _tree_lock(tree: cgroups.CgroupTree, cgroup_root: str) -> int:
 
 def run_node(config: Config, registry: Registry, selection: list[str], reload_config: Callable[[], Config],
              **kwargs: Any) -> int:
-    os.makedirs(config.node.data_dir, exist_ok=True)
+    kwargs.setdefault("user", node_user(config.node.user))
+    prepare_data_dir(config.node.data_dir, kwargs["user"])
     node = Node(config, registry, selection, reload_config, **kwargs)
     result: int = trio.run(node.run)
     return result

@@ -2,7 +2,8 @@
 
 Each step is ``/bin/sh -c STEP`` in the build's directory, stdout and stderr
 merged, in a process group of its own (and the build's cgroup where the host
-allows). Output is sent to the gateway in batches as ``log`` events
+allows), as the build user with the build's own environment (``_sandbox``).
+Output is sent to the gateway in batches as ``log`` events
 (``{"output": text, "step": i}``); the answer to each batch says whether the
 build was stopped on the server (aborted, or failed by the build-tracker), and
 then the build's processes are killed.
@@ -23,7 +24,6 @@ import codecs
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -33,8 +33,10 @@ from typing import Any
 import trio
 
 from web_node.members.build_tracker import short_duration, timed_out_message
+from web_node.privilege import RunAs, drop_argv
 from web_node.worker._client import ClaimedBuild, GatewayClient, GatewayError, GatewayRefused
 from web_node.worker._containment import BuildCage, signal_group
+from web_node.worker._sandbox import build_env, make_build_dir, remove_build_dir
 
 READ_CHUNK = 65536
 # Output is sent at most this often, and as soon as this much is waiting.
@@ -119,7 +121,7 @@ class BuildRun:
 
     def __init__(self, build: ClaimedBuild, client: GatewayClient, cage: BuildCage, work_dir: str,
                  log: logging.LoggerAdapter[logging.Logger], *, kill_grace_s: float, keep_dir: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 user: RunAs | None = None) -> None:
         self.build = build
         self.client = client
         self.cage = cage
@@ -127,13 +129,18 @@ class BuildRun:
         self.log = log
         self.kill_grace_s = kill_grace_s
         self.keep_dir = keep_dir
-        self.base_env = dict(os.environ if env is None else env)
+        self.user = user  # None: steps run as the worker's own user
+        self.pgid: int | None = None  # the running step's process group
         self.queue = EventQueue()
         self.scope = trio.CancelScope()
         self.stop_request: StopRequest | None = None
         self.server_status: str | None = None
         self._send_lock = trio.Lock()
         self._send_failures = 0
+        # Batches are numbered 1, 2, 3 ... per build; one the gateway may have stored (its answer was lost)
+        # is re-sent as it was, same number, same events, so that the gateway stores it once.
+        self._batch_seq = 0
+        self._unanswered: tuple[int, list[dict[str, Any]]] | None = None
         self._placement_failed = False
 
     # -- stopping from outside -------------------------------------------------
@@ -143,6 +150,11 @@ class BuildRun:
         if self.stop_request is None:
             self.stop_request = request
         self.scope.cancel()
+
+    async def kill_now(self) -> None:
+        """SIGKILL every process of the build at once, and remove its cgroup (the node is gone: nobody waits)."""
+        await self.cage.kill_all(self.pgid)
+        await self.cage.close()
 
     def server_stopped(self, status: str) -> None:
         self.server_status = status
@@ -185,10 +197,10 @@ class BuildRun:
         return status
 
     async def _run_steps(self) -> tuple[str, str | None]:
-        os.makedirs(self.dir, exist_ok=True)
-        env = {k: v for k, v in self.base_env.items() if k != "WEB_NODE_WORKER_TOKEN"}  # never hand our token to a build
-        env.update({"BUILD_ID": str(self.build.id), "BUILD_PIPELINE_NAME": self.build.pipeline,
-                    "BUILD_JOB_NAME": self.build.job, "BUILD_WORKER": self.client.worker})
+        await trio.to_thread.run_sync(make_build_dir, self.dir, self.user)
+        env = build_env(self.dir, self.user, {
+            "BUILD_ID": str(self.build.id), "BUILD_PIPELINE_NAME": self.build.pipeline,
+            "BUILD_JOB_NAME": self.build.job, "BUILD_WORKER": self.client.worker})
         for index, step in enumerate(self.build.steps):
             code = await self._run_step(index, step.run, env)
             if code == PLACEMENT_FAILED and self._placement_failed:
@@ -199,13 +211,15 @@ class BuildRun:
         return "succeeded", None
 
     async def _run_step(self, index: int, command: str, env: dict[str, str]) -> int:
-        argv = self.cage.argv(["/bin/sh", "-c", command])
+        shell = ["/bin/sh", "-c", command]
+        # Placement (root) first, then the drop: the build cannot leave its cgroup.
+        argv = self.cage.argv(drop_argv(self.user, shell) if self.user is not None else shell)
         proc = await trio.lowlevel.open_process(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=self.dir, env=env, process_group=0,
         )
         # The leader's pid is the group id; we never reap it before the group is dealt with.
-        pgid = proc.pid
+        pgid = self.pgid = proc.pid
         pidfd = os.pidfd_open(proc.pid)
         try:
             assert proc.stdout is not None
@@ -223,6 +237,7 @@ class BuildRun:
         finally:
             with trio.CancelScope(shield=True):
                 await self._stop_step(proc, pgid, pidfd)
+                self.pgid = None
                 trio.lowlevel.notify_closing(pidfd)
                 os.close(pidfd)
                 if proc.stdout is not None:
@@ -266,7 +281,8 @@ class BuildRun:
     async def _send_loop(self) -> None:
         # Output after a quiet spell goes out at once; what follows within FLUSH_INTERVAL_S is batched.
         while True:
-            await self.queue.changed.wait()
+            if self._unanswered is None:
+                await self.queue.changed.wait()
             await self._send_once()
             with trio.move_on_after(FLUSH_INTERVAL_S):
                 await self.queue.full.wait()
@@ -274,18 +290,23 @@ class BuildRun:
     async def _send_once(self) -> bool:
         """Send what is queued; False when the gateway could not take it (kept for later)."""
         async with self._send_lock:
-            if self.queue.dropped:
-                dropped, self.queue.dropped = self.queue.dropped, 0
-                self.queue.events.insert(0, {"type": "log", "payload": {
-                    "output": f"\n[web-node worker: {dropped} output chunk(s) lost while the gateway was unreachable]\n",
-                    "step": None}})
-            batch = self.queue.take()
-            if not batch:
-                return True
+            if self._unanswered is not None:
+                seq, batch = self._unanswered
+            else:
+                if self.queue.dropped:
+                    dropped, self.queue.dropped = self.queue.dropped, 0
+                    self.queue.events.insert(0, {"type": "log", "payload": {
+                        "output": f"\n[web-node worker: {dropped} output chunk(s) lost while the gateway was unreachable]\n",
+                        "step": None}})
+                batch = self.queue.take()
+                if not batch:
+                    return True
+                self._batch_seq += 1
+                seq = self._batch_seq
             try:
-                answer = await self.client.send_events(self.build.id, batch)
+                answer = await self.client.send_events(self.build.id, batch, seq)
             except GatewayError as e:
-                self.queue.put_back(batch)
+                self._unanswered = (seq, batch)
                 self._send_failures += 1
                 if self._send_failures % 10 == 1:
                     self.log.warning("%s: cannot send output now (%s); retrying every second", self.build.label, e)
@@ -293,9 +314,11 @@ class BuildRun:
                 return False
             except GatewayRefused as e:
                 # 404/409: the build is gone or not ours any more; either way it must stop.
+                self._unanswered = None
                 self.log.warning("%s: the gateway refused its output: %s", self.build.label, e)
                 self.server_stopped("gone")
                 return True
+            self._unanswered = None
             self._send_failures = 0
             if answer.abort:
                 self.server_stopped(answer.status)
@@ -313,7 +336,7 @@ class BuildRun:
                 # Taking the lock waits for a batch the send loop has in flight: only then does an empty
                 # queue mean that everything was sent (cancelling that send would lose the batch).
                 async with self._send_lock:
-                    if not self.queue.events and not self.queue.dropped:
+                    if not self.queue.events and not self.queue.dropped and self._unanswered is None:
                         return
                 await self._send_once()
 
@@ -343,7 +366,7 @@ class BuildRun:
         with trio.CancelScope(shield=True):
             await self.cage.close()
             if not self.keep_dir:
-                await trio.to_thread.run_sync(lambda: shutil.rmtree(self.dir, ignore_errors=True))
+                await trio.to_thread.run_sync(remove_build_dir, self.dir)
 
 
 def _describe_exit(code: int) -> str:

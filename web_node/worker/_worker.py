@@ -8,25 +8,33 @@ Stopping: the first SIGTERM or SIGINT stops claiming; a running build gets
 ``stop_grace`` to finish on its own, then its processes are killed and it is
 reported ``errored`` with an event that says why. A second signal skips the
 grace. The worker exits once the build's result is reported.
+
+Started by a node (quickstart's worker group), the worker holds the node's
+lifeline socket (``node_fd``) like every group: when it reads EOF the node is
+gone, and the worker kills its build's processes and exits at once.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
 import re
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 
 import trio
 
 from web_node.errors import ConfigError, WebNodeError
+from web_node.privilege import RunAs
 from web_node.units import format_duration
 from web_node.worker._build import BuildRun, StopRequest
-from web_node.worker._client import GatewayClient, GatewayError, GatewayRefused
+from web_node.worker._client import CREDENTIAL_FILE, GatewayClient, GatewayError, GatewayRefused
 from web_node.worker._containment import Containment
+from web_node.worker._sandbox import prepare_work_dir
 
 RETRY_MAX_S = 10.0
 # As the gateway checks it (web_node.members.gateway.WORKER_NAME).
@@ -47,6 +55,8 @@ class WorkerOptions:
     kill_grace_s: float = 5.0
     cgroup_root: str | None = None  # None: process groups only
     keep_build_dirs: bool = False
+    user: RunAs | None = None  # who build steps run as; None: the worker's own user
+    node_fd: int | None = None  # the node's lifeline socket (EOF: the node is gone)
 
     def __post_init__(self) -> None:
         if not WORKER_NAME.fullmatch(self.name):
@@ -73,7 +83,10 @@ class Worker:
         self.options = options
         self.log = worker_logger(options.name)
         self.handle_signals = handle_signals
-        self.client = GatewayClient(options.gateway_url, options.token, options.name)
+        # The credential the gateway gives this worker is kept in its work dir: a restarted worker
+        # registers again under its name with it (the name is refused to anyone else).
+        self.client = GatewayClient(options.gateway_url, options.token, options.name,
+                                    credential_file=os.path.join(options.work_dir, CREDENTIAL_FILE))
         self.platform = f"{sys.platform}/{platform.machine() or 'unknown'}"
         self.heartbeat_interval_s = 5.0
         self.current: BuildRun | None = None
@@ -120,20 +133,22 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until stopped; ``started()`` once registered with the gateway."""
         opts = self.options
-        try:
-            os.makedirs(opts.work_dir, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--work-dir {opts.work_dir} cannot be created: {e.strerror}; choose a directory this "
-                              "user may write", key="--work-dir", value=opts.work_dir) from None
+        warning = await trio.to_thread.run_sync(
+            lambda: prepare_work_dir(opts.work_dir, opts.user, keep_build_dirs=opts.keep_build_dirs))
+        if warning:
+            self.log.warning("%s", warning)
         self._containment = await trio.to_thread.run_sync(Containment.detect, opts.cgroup_root, self.log)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.handle_signals:
                     nursery.start_soon(self._signal_loop)
+                if opts.node_fd is not None:
+                    nursery.start_soon(self._lifeline, opts.node_fd)
                 if await self._register():
-                    self.log.info("registered with %s as %s (%s); work dir %s", opts.gateway_url, opts.name,
-                                  self.platform, opts.work_dir)
+                    self.log.info("registered with %s as %s (%s); work dir %s; build steps run as %s", opts.gateway_url,
+                                  opts.name, self.platform, opts.work_dir,
+                                  opts.user.describe() if opts.user else f"this worker's own user (uid {os.geteuid()})")
                     task_status.started()
                     nursery.start_soon(self._heartbeat_loop)
                     await self._claim_loop()
@@ -151,6 +166,28 @@ class Worker:
                 await self.client.aclose()
                 await self._containment.aclose()
         self.log.info("stopped")
+
+    async def _lifeline(self, fd: int) -> None:
+        """Exit when the node that started this worker is gone (its end of the socket closed)."""
+        sock = trio.socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+        os.close(fd)
+        while True:
+            try:
+                data = await sock.recv(64)
+            except OSError as e:
+                if e.errno not in (errno.ECONNRESET, errno.EPIPE):
+                    raise
+                data = b""
+            if not data:
+                break
+        self.log.error("the node that started this worker is gone: killing the running build and exiting")
+        with trio.CancelScope(shield=True):
+            if self.current is not None:
+                await self.current.kill_now()
+            if self._containment is not None:
+                await self._containment.aclose()
+        # No report: the gateway went with the node, and its build-tracker errors the build when it is back.
+        os._exit(70)
 
     async def _register(self) -> bool:
         """Register, retrying while the gateway is unreachable; False when stopped before that worked."""
@@ -181,7 +218,7 @@ class Worker:
                 abort, self.heartbeat_interval_s = await self.client.heartbeat(builds)
                 failures = 0
             except GatewayRefused as e:
-                if e.status != 404:
+                if e.status not in (401, 404):  # 401: credential unknown there (pruned); 404: not registered
                     self.log.warning("heartbeat refused: %s", e)
                     continue
                 self.log.warning("the gateway no longer knows this worker (%s): registering again", e)
@@ -208,7 +245,7 @@ class Worker:
                 failures += 1
                 build, delay = None, min(max(delay * 2, 0.5), RETRY_MAX_S)
             except GatewayRefused as e:
-                if e.status != 404:
+                if e.status not in (401, 404):  # 401: credential unknown there (pruned); 404: not registered
                     raise
                 self.log.warning("the gateway no longer knows this worker (%s): registering again", e)
                 if not await self._register():
@@ -220,7 +257,8 @@ class Worker:
                 continue
             assert self._containment is not None
             run = BuildRun(build, self.client, self._containment.for_build(build.id), self.options.work_dir, self.log,
-                           kill_grace_s=self.options.kill_grace_s, keep_dir=self.options.keep_build_dirs)
+                           kill_grace_s=self.options.kill_grace_s, keep_dir=self.options.keep_build_dirs,
+                           user=self.options.user)
             self.current = run
             if self._hard_stop is not None:
                 run.stop(self._hard_stop)

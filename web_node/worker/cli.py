@@ -6,10 +6,10 @@ import argparse
 import logging
 import os
 import socket
-import tempfile
 from typing import Any
 
 from web_node.errors import ConfigError
+from web_node.privilege import BUILD_USER
 from web_node.units import DURATION_HELP, parse_duration
 
 ENV_TOKEN = "WEB_NODE_WORKER_TOKEN"
@@ -20,7 +20,8 @@ def register(subparsers: Any, registry: Any) -> None:
     p = subparsers.add_parser(
         "worker", help="a build worker: registers through the gateway and runs build steps",
         description="Run builds handed out by a web-node gateway: each step as '/bin/sh -c STEP' in a directory "
-                    "of its own, in a cgroup of its own where this host allows. SIGTERM stops it gracefully.")
+                    "of its own, in a cgroup of its own where this host allows, as an unprivileged user with an "
+                    "environment of its own. SIGTERM stops it gracefully.")
     p.add_argument("--gateway", required=True, metavar="URL", help="the gateway, e.g. http://127.0.0.1:2222")
     token = p.add_mutually_exclusive_group()
     token.add_argument("--token", metavar="TOKEN", help=f"the gateway's worker token (visible in ps: prefer --token-file "
@@ -29,8 +30,14 @@ def register(subparsers: Any, registry: Any) -> None:
                                                             "data_dir/worker-token)")
     p.add_argument("--name", default=socket.gethostname(), help="this worker's name (default: the host name); "
                                                                "unique among workers")
-    p.add_argument("--work-dir", metavar="DIR", help="where build directories are made (default: a directory named "
-                                                     "after the worker in the system temp dir)")
+    p.add_argument("--work-dir", metavar="DIR", help="where build directories are made, a directory of this worker's "
+                                                     "user (default: /var/lib/web-node-worker/NAME as root, else "
+                                                     "$XDG_STATE_HOME/web-node-worker/NAME)")
+    p.add_argument("--user", metavar="USER", help=f"the unprivileged user build steps run as (default as root: "
+                                                  f"{BUILD_USER}, which must exist; without root: this user). "
+                                                  "--user root runs builds as root: only for hosts where every "
+                                                  "pipeline author may own the host")
+    p.add_argument("--node-fd", type=int, metavar="FD", help=argparse.SUPPRESS)  # the node's lifeline (quickstart)
     p.add_argument("--tag", action="append", default=[], help="a tag this worker announces (repeatable)")
     p.add_argument("--poll-interval", default="1s", metavar="DURATION", help="how often to ask for work when idle")
     p.add_argument("--stop-grace", default="10s", metavar="DURATION",
@@ -70,7 +77,8 @@ def _cmd_worker(args: argparse.Namespace, registry: Any) -> int:
     import trio
 
     from web_node.log import setup_logging
-    from web_node.worker._worker import WorkerOptions, run_worker
+    from web_node.worker._sandbox import build_user, default_work_dir
+    from web_node.worker._worker import WorkerOptions, run_worker, worker_logger
 
     setup_logging(args.log_format, args.log_level)
     import setproctitle
@@ -83,13 +91,18 @@ def _cmd_worker(args: argparse.Namespace, registry: Any) -> int:
         gateway_url=args.gateway,
         token=_token(args),
         name=args.name,
-        work_dir=os.path.abspath(args.work_dir or os.path.join(tempfile.gettempdir(), f"web-node-worker-{args.name}")),
+        work_dir=os.path.abspath(args.work_dir or default_work_dir(args.name)),
         tags=tuple(args.tag),
         poll_interval_s=_duration("--poll-interval", args.poll_interval),
         stop_grace_s=_duration("--stop-grace", args.stop_grace),
         kill_grace_s=_duration("--kill-grace", args.kill_grace),
         cgroup_root=None if args.no_cgroups else (args.cgroup_root or f"web-node-worker-{args.name}"),
         keep_build_dirs=args.keep_build_dirs,
+        user=build_user(args.user),
+        node_fd=args.node_fd,
     )
+    if options.user is None and os.geteuid() == 0:
+        worker_logger(args.name).warning("build steps run as root (--user root): every pipeline author controls "
+                                         "this host")
     trio.run(run_worker, options)
     return 0

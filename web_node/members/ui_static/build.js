@@ -67,7 +67,7 @@
       if (payload.worker && worker) {
         worker.textContent = payload.worker;
       }
-    } else if (event.type === "error") {
+    } else if (event.type === "error" || event.type === "truncated") {
       append("\n" + String(payload.message || "error") + "\n", "log-error");
     } else if (event.type === "finish" || event.type === "deleted") {
       finished = true;

@@ -13,12 +13,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import REPO_ROOT, FixtureHost
 
 from cgroups import CgroupControllerMissing, CgroupTree, Limits, detect_layout, tree_report
 
+if TYPE_CHECKING:
+    from conftest import FixtureHost
+
+# Not imported from conftest at run time: which "conftest" module that name finds depends on
+# which test folders pytest collected first (tests/supervisor has one too).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 SERVICE = "system.slice/web-node.service"
 

@@ -44,6 +44,8 @@ FLUSH_INTERVAL_S = 0.25
 FLUSH_BYTES = 256 * 1024
 # One log event carries at most this much text; more becomes several events.
 MAX_EVENT_TEXT = 64 * 1024
+# Output text in one batch sent to the gateway (see EventQueue.take).
+MAX_BATCH_TEXT = 1024 * 1024
 # Unsent output kept while the gateway is unreachable; beyond it the oldest is dropped (and said so).
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 # When a step's shell exited but something it started still holds the output pipe open.
@@ -102,7 +104,18 @@ class EventQueue:
             self.full.set()
 
     def take(self, limit: int = 500) -> list[dict[str, Any]]:
-        batch, self.events = self.events[:limit], self.events[limit:]
+        """The next batch: at most ``limit`` events and MAX_BATCH_TEXT of output (at least one event).
+
+        Invariant: a batch's JSON stays under the gateway's SendBuildEvents body limit (8 MiB by
+        default) even when every character is escaped six-fold (``\\u0000``), so a loud build is
+        never refused as too large and killed."""
+        count, text = 0, 0
+        for event in self.events[:limit]:
+            text += _weight(event)
+            if count and text > MAX_BATCH_TEXT:
+                break
+            count += 1
+        batch, self.events = self.events[:count], self.events[count:]
         self.size -= sum(_weight(e) for e in batch)
         if not self.events:
             self.changed = trio.Event()
